@@ -1,0 +1,20 @@
+"""Reading stunnel configuration files into the frozen model in ``model``.
+
+Public entry points: ``load_file``, ``load_fd`` and ``load_text`` (all in ``build``),
+which return a ``Config`` or raise ``ConfigError`` listing every problem found.
+"""
+
+from tlstunnel.config.build import load_fd, load_file, load_text
+from tlstunnel.config.errors import ConfigError, Problem
+from tlstunnel.config.model import Config, GlobalConfig, ServiceConfig
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "GlobalConfig",
+    "Problem",
+    "ServiceConfig",
+    "load_fd",
+    "load_file",
+    "load_text",
+]

@@ -1,0 +1,151 @@
+"""The configuration model: frozen, typed dataclasses that the rest of tlstunnel reads.
+
+Nothing here parses text or touches the network.  ``config.build`` turns the lexer's
+tokens into these objects, resolving stunnel's shorthands on the way (legacy ``verify``
+levels, ``sslVersion``, global defaults for services), so every consumer sees one
+explicit value per setting and never has to know how it was spelled.
+"""
+
+from __future__ import annotations
+
+import enum
+import ssl
+from dataclasses import dataclass, field
+
+
+class Foreground(enum.Enum):
+    """stunnel's ``foreground`` option: ``yes`` also logs to stderr, ``quiet`` does not."""
+
+    NO = "no"
+    YES = "yes"
+    QUIET = "quiet"
+
+
+class Failover(enum.Enum):
+    """How a service picks among several ``connect`` addresses."""
+
+    PRIO = "prio"  # try them in the order written
+    RR = "rr"  # round robin: each new connection starts at the next address
+
+
+class LogMode(enum.Enum):
+    """What happens to an existing ``output`` file when it is opened."""
+
+    APPEND = "append"
+    OVERWRITE = "overwrite"
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    """Where something was written: a file (or ``descriptor N``) and a 1-based line."""
+
+    path: str
+    line: int
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}"
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """A TCP endpoint as written in ``accept`` or ``connect``.
+
+    ``host`` is ``None`` when only a port was given: for ``accept`` that means every
+    IPv4 address (stunnel's rule), for ``connect`` it means localhost.  IPv6 literals
+    are stored without brackets (``::1``), names are kept unresolved.
+    """
+
+    host: str | None
+    port: int
+
+    def __str__(self) -> str:
+        host = self.host if self.host is not None else "0.0.0.0"
+        if ":" in host:
+            return f"[{host}]:{self.port}"
+        return f"{host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class LogLevel:
+    """A syslog facility and level, as in ``debug = daemon.notice`` (level 0..7)."""
+
+    level: int = 5
+    facility: str = "daemon"
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceConfig:
+    """One ``[service]`` section (or the whole file in inetd style), fully resolved.
+
+    Every field has the value stunnel would use, defaults included; tuples keep the
+    order the options were written in, which matters for ``connect`` (failover order)
+    and ``options`` (later lines win).
+    """
+
+    name: str
+    location: Location
+    client: bool = False
+    accept: tuple[Address, ...] = ()
+    connect: tuple[Address, ...] = ()
+    failover: Failover = Failover.PRIO
+
+    # Certificates and trust.  Paths are absolute (resolved against the config's folder).
+    cert: str | None = None
+    key: str | None = None
+    ca_file: str | None = None
+    ca_path: str | None = None
+    verify_chain: bool = False
+    verify_peer: bool = False
+    # Server mode: refuse clients without a certificate.  Client mode: always true
+    # when either verification is on (a TLS server always presents one).
+    require_cert: bool = False
+    check_host: tuple[str, ...] = ()
+    check_ip: tuple[str, ...] = ()
+    check_email: tuple[str, ...] = ()
+    # Client mode SNI: None = stunnel's default (the connect host when it is a name),
+    # "" = send no SNI at all.
+    sni: str | None = None
+
+    # Protocol versions and algorithms.  None means "the library default".
+    min_version: ssl.TLSVersion | None = ssl.TLSVersion.TLSv1_2
+    max_version: ssl.TLSVersion | None = None
+    ciphers: str | None = None
+    ciphersuites: str | None = None
+    curves: str | None = None
+    security_level: int | None = None
+    # ``options = NAME`` / ``options = -NAME`` lines, names without the SSL_OP_ prefix.
+    options_set: tuple[str, ...] = ()
+    options_clear: tuple[str, ...] = ()
+
+    # Deadlines in seconds.
+    timeout_busy: float = 300.0
+    timeout_close: float = 60.0
+    timeout_connect: float = 10.0
+    timeout_idle: float = 43200.0
+
+    log_level: LogLevel = field(default_factory=LogLevel)
+
+
+@dataclass(frozen=True, slots=True)
+class GlobalConfig:
+    """The options that only make sense once per process."""
+
+    foreground: Foreground = Foreground.NO
+    pid_file: str | None = None
+    output: str | None = None
+    log_mode: LogMode = LogMode.APPEND
+    syslog: bool = True
+    # The ``debug`` level written in the global section: it governs the process's own
+    # lines ("ui" in stunnel's logs) and is the default for every service.
+    log_level: LogLevel = field(default_factory=LogLevel)
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """A whole configuration: where it came from, its global part and its services."""
+
+    source: str  # the file's absolute path, or "descriptor N" for -fd
+    globals: GlobalConfig
+    services: tuple[ServiceConfig, ...]
+    # True when the file had no [section]: stunnel's inetd mode (one connection on stdio).
+    inetd: bool = False
