@@ -74,6 +74,21 @@ class LogLevel:
 
 
 @dataclass(frozen=True, slots=True)
+class SocketOption:
+    """One ``socket = a|l|r:NAME=VALUE`` line.
+
+    ``side`` is ``a`` (listening/accepted socket), ``l`` (local: the accepted client
+    socket) or ``r`` (remote: the socket towards ``connect``).  ``value`` is an int, or
+    a pair of ints for ``SO_LINGER`` and the time options, or a string for
+    ``SO_BINDTODEVICE``.
+    """
+
+    side: str
+    name: str
+    value: int | tuple[int, int] | str
+
+
+@dataclass(frozen=True, slots=True)
 class ServiceConfig:
     """One ``[service]`` section (or the whole file in inetd style), fully resolved.
 
@@ -88,6 +103,10 @@ class ServiceConfig:
     accept: tuple[Address, ...] = ()
     connect: tuple[Address, ...] = ()
     failover: Failover = Failover.PRIO
+    # delay = yes: resolve connect names per connection (we always do; with delay = no
+    # the names are also checked once at start, so a typo fails the configuration).
+    delay: bool = False
+    socket_options: tuple[SocketOption, ...] = ()
 
     # Certificates and trust.  Paths are absolute (resolved against the config's folder).
     cert: str | None = None
@@ -135,6 +154,9 @@ class GlobalConfig:
     output: str | None = None
     log_mode: LogMode = LogMode.APPEND
     syslog: bool = True
+    # Unix only: drop to this user/group after the listening sockets are bound.
+    setuid: str | None = None
+    setgid: str | None = None
     # The ``debug`` level written in the global section: it governs the process's own
     # lines ("ui" in stunnel's logs) and is the default for every service.
     log_level: LogLevel = field(default_factory=LogLevel)
