@@ -160,6 +160,9 @@ class GlobalConfig:
     # The ``debug`` level written in the global section: it governs the process's own
     # lines ("ui" in stunnel's logs) and is the default for every service.
     log_level: LogLevel = field(default_factory=LogLevel)
+    # The global ``service`` option: the name used for syslog, and the name of the one
+    # service in inetd mode.
+    service_name: str = "stunnel"
 
 
 @dataclass(frozen=True, slots=True)
