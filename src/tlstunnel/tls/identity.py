@@ -129,7 +129,7 @@ def _load_pkcs12(
     named_as_pkcs12: bool,
 ) -> None:
     try:
-        from cryptography.hazmat.primitives.serialization import (  # noqa: PLC0415 (optional)
+        from cryptography.hazmat.primitives.serialization import (
             Encoding,
             NoEncryption,
             PrivateFormat,

@@ -1,0 +1,298 @@
+"""The command line, stunnel's and ours; the only place that picks exit codes.
+
+stunnel's forms are kept exactly: ``tlstunnel [FILE] | -fd N | -help | -version |
+-sockets | -options``; like stunnel, the informational ones write to stderr and exit 0,
+and a configuration that does not load exits 1 with nothing started.  Long options add
+what stunnel lacks: ``--check FILE`` (validate and report every problem, start
+nothing), ``--demo`` (a working tunnel with a generated certificate), ``--help`` and
+``--version``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import platform
+import ssl
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from tlstunnel import __version__
+from tlstunnel.config import ConfigError, load_fd, load_file
+from tlstunnel.config.model import Config, Foreground
+from tlstunnel.log import ERR, INFO, NOTICE, WARNING, log
+
+DEFAULT_CONFIG = "/etc/stunnel/stunnel.conf"
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Invocation:
+    """What the user asked for."""
+
+    action: str  # run, check, help, version, sockets, options, demo
+    path: str | None = None
+    fd: int | None = None
+
+
+class UsageError(Exception):
+    pass
+
+
+def parse_arguments(argv: Sequence[str]) -> Invocation:
+    """stunnel's single-dash forms plus our long options."""
+    args = list(argv)
+    if not args:
+        return Invocation("run", path=DEFAULT_CONFIG)
+    first = args[0]
+    simple = {
+        "-help": "help", "--help": "help", "-h": "help",
+        "-version": "version", "--version": "version",
+        "-sockets": "sockets", "--sockets": "sockets",
+        "-options": "options", "--options": "options",
+    }  # fmt: skip
+    if first in simple:
+        _expect_count(args, 1)
+        return Invocation(simple[first])
+    if first in ("-fd", "--fd"):
+        _expect_count(args, 2)
+        if not args[1].isdigit():
+            raise UsageError(f"-fd needs a descriptor number, not {args[1]!r}")
+        return Invocation("run", fd=int(args[1]))
+    if first == "--check":
+        _expect_count(args, 2)
+        return Invocation("check", path=args[1])
+    if first == "--demo":
+        _expect_count(args, 1)
+        return Invocation("demo")
+    if first.startswith("-") and first != "-":
+        raise UsageError(f"unknown option {first!r} (try -help)")
+    _expect_count(args, 1)
+    return Invocation("run", path=first)
+
+
+def _expect_count(args: list[str], count: int) -> None:
+    if len(args) != count:
+        extra = " ".join(args[count:]) if len(args) > count else "an argument"
+        raise UsageError(
+            f"{args[0]}: unexpected {extra}" if len(args) > count else f"{args[0]} needs {extra}"
+        )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        invocation = parse_arguments(sys.argv[1:] if argv is None else argv)
+    except UsageError as exc:
+        log(ERR, f"Command line: {exc}")
+        log(
+            ERR,
+            "Usage: tlstunnel [FILE] | -fd N | -help | -version | -sockets | -options "
+            "| --check FILE | --demo",
+        )
+        return EXIT_USAGE
+    informational: dict[str, Callable[[], None]] = {
+        "help": print_help,
+        "version": print_version,
+        "sockets": print_sockets,
+        "options": print_options,
+    }
+    if invocation.action in informational:
+        informational[invocation.action]()
+        return EXIT_OK
+    if invocation.action == "demo":
+        from tlstunnel.demo import run_demo
+
+        return run_demo()
+    return run(invocation)
+
+
+# -- informational outputs (stderr, like stunnel) ----------------------------------------
+
+
+def _err(line: str = "") -> None:
+    sys.stderr.write(line + "\n")
+
+
+def banner_lines() -> list[str]:
+    try:
+        import uvloop
+
+        loop_name = f"uvloop {getattr(uvloop, '__version__', '')}".rstrip()
+    except ImportError:
+        loop_name = "asyncio"
+    return [
+        f"tlstunnel {__version__} on {platform.machine()}-{sys.platform} platform",
+        f"Running  with {ssl.OPENSSL_VERSION}",
+        f"Python {platform.python_version()}, event loop: {loop_name}",
+    ]
+
+
+def print_version() -> None:
+    for line in banner_lines():
+        _err(line)
+    _err(" ")
+    from tlstunnel.config.reference import describe_defaults
+
+    for line in describe_defaults():
+        _err(line)
+
+
+def print_help() -> None:
+    for line in banner_lines():
+        _err(line)
+    _err(" ")
+    _err("Usage: tlstunnel [FILE] | -fd N | -help | -version | -sockets | -options")
+    _err("       tlstunnel --check FILE   validate a configuration, start nothing")
+    _err("       tlstunnel --demo         run a demo tunnel with a generated certificate")
+    _err(" ")
+    from tlstunnel.config.reference import describe_options
+
+    for line in describe_options():
+        _err(line)
+
+
+def print_sockets() -> None:
+    for line in banner_lines():
+        _err(line)
+    _err(" ")
+    _err("Socket option defaults:")
+    from tlstunnel.net.sockopts import describe_defaults
+
+    for line in describe_defaults():
+        _err(line)
+
+
+def print_options() -> None:
+    for line in banner_lines():
+        _err(line)
+    _err(" ")
+    _err("Supported TLS options:")
+    from tlstunnel.tls.context import supported_option_names
+
+    for name in supported_option_names():
+        _err(f"options = {name}")
+
+
+# -- running -------------------------------------------------------------------------------
+
+
+def load(invocation: Invocation) -> tuple[Config, tuple[str, ...]]:
+    if invocation.fd is not None:
+        log(NOTICE, f"Reading configuration from descriptor {invocation.fd}")
+        result = load_fd(invocation.fd)
+    else:
+        assert invocation.path is not None
+        log(NOTICE, f"Reading configuration from file {os.path.abspath(invocation.path)}")
+        result = load_file(invocation.path)
+    return result.config, result.notices
+
+
+def run(invocation: Invocation) -> int:
+    from tlstunnel.server import (
+        Server,
+        StartupError,
+        daemonize,
+        drop_privileges,
+        new_event_loop,
+        prepare,
+        raise_file_limit,
+        remove_pid_file,
+        write_pid_file,
+    )
+
+    for line in banner_lines():
+        log(NOTICE, line)
+    try:
+        config, notices = load(invocation)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            log(ERR, str(problem))
+        log(ERR, "Configuration failed")
+        return EXIT_FAILURE
+    for notice in notices:
+        log(INFO, notice)
+    if config.inetd and not any(s.accept for s in config.services):
+        log(
+            ERR,
+            f"{config.source}: inetd mode (a configuration without accept, served on "
+            "standard input and output) is not supported yet",
+        )
+        log(ERR, "Configuration failed")
+        return EXIT_FAILURE
+    try:
+        runtimes = prepare(config, log)
+    except StartupError as exc:
+        for message in exc.messages:
+            log(ERR, message)
+        log(ERR, "Configuration failed")
+        return EXIT_FAILURE
+    warn_about_unverified_clients(config)
+    if invocation.action == "check":
+        log(NOTICE, f"Configuration {config.source} is valid: {len(config.services)} service(s)")
+        return EXIT_OK
+
+    try:
+        log.configure(config.globals)
+    except OSError as exc:
+        log(ERR, f"Cannot open log file {config.globals.output}: {exc.strerror}")
+        log(ERR, "Configuration failed")
+        return EXIT_FAILURE
+    log(NOTICE, "Configuration successful")
+    raise_file_limit()
+    loader = None if invocation.fd is not None else _file_loader(invocation.path)
+    server = Server(config, runtimes, log, loader)
+    try:
+        server.bind()
+        drop_privileges(config.globals.setuid, config.globals.setgid)
+    except StartupError as exc:
+        for message in exc.messages:
+            log(ERR, message)
+        return EXIT_FAILURE
+    except (OSError, KeyError) as exc:
+        log(ERR, f"Cannot drop privileges: {exc}")
+        return EXIT_FAILURE
+    if config.globals.foreground is Foreground.NO:
+        daemonize()
+    pid_file = config.globals.pid_file
+    if pid_file:
+        try:
+            write_pid_file(pid_file)
+        except OSError as exc:
+            log(ERR, f"Cannot create pid file {pid_file}: {exc.strerror}")
+            return EXIT_FAILURE
+        log(7, f"Created pid file {pid_file}")
+    try:
+        with asyncio.Runner(loop_factory=new_event_loop) as runner:
+            runner.run(server.serve())
+    except KeyboardInterrupt:
+        log(NOTICE, "Terminated")
+    finally:
+        if pid_file:
+            remove_pid_file(pid_file)
+        log.close()
+    return EXIT_OK
+
+
+def _file_loader(path: str | None) -> Callable[[], Config]:
+    assert path is not None
+
+    def reload_file() -> Config:
+        log(NOTICE, f"Reading configuration from file {os.path.abspath(path)}")
+        return load_file(path).config
+
+    return reload_file
+
+
+def warn_about_unverified_clients(config: Config) -> None:
+    for service in config.services:
+        if service.client and not (service.verify_chain or service.verify_peer):
+            log(
+                WARNING,
+                f"Service [{service.name}]: client mode without verifyChain or "
+                "verifyPeer: the server's certificate is not checked, so anyone in the "
+                "path can impersonate it",
+            )

@@ -1,0 +1,68 @@
+"""Printable views of the option table: ``-help``, ``-version`` defaults, README table.
+
+All three are generated from ``options.OPTIONS`` so that what the program accepts, what
+it prints and what the documentation says cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from tlstunnel.config.options import OPTIONS, OptionSpec, Scope
+
+
+def _in_scope(spec: OptionSpec[object], scope: Scope) -> bool:
+    return spec.scope is scope or spec.scope is Scope.BOTH
+
+
+def describe_options() -> list[str]:
+    """``-help``: every option with its value shape and a line of help, like stunnel."""
+    lines: list[str] = []
+    for title, scope in (
+        ("Global options:", Scope.GLOBAL),
+        ("Service-level options:", Scope.SERVICE),
+    ):
+        lines.append(title)
+        for spec in OPTIONS:
+            if not _in_scope(spec, scope):
+                continue
+            note = "" if spec.status == "supported" else f" [{spec.status}: {spec.reason}]"
+            lines.append(f"{spec.name:<22} = {spec.syntax} {spec.help}{note}".rstrip())
+        lines.append(" ")
+    return lines[:-1]
+
+
+def describe_defaults() -> list[str]:
+    """``-version``: the defaults of the supported options that have one."""
+    lines: list[str] = []
+    for title, scope in (
+        ("Global options:", Scope.GLOBAL),
+        ("Service-level options:", Scope.SERVICE),
+    ):
+        lines.append(title)
+        for spec in OPTIONS:
+            if spec.status == "supported" and spec.default_text and _in_scope(spec, scope):
+                lines.append(f"{spec.name:<22} = {spec.default_text}")
+        lines.append(" ")
+    return lines[:-1]
+
+
+def readme_table() -> str:
+    """The README's option table (Markdown), one row per option stunnel knows."""
+    rows = [
+        "| option | where | status | default | what it does / why not |",
+        "|---|---|---|---|---|",
+    ]
+    for spec in OPTIONS:
+        what = spec.help if spec.status == "supported" else f"{spec.help} — {spec.reason}"
+        default = _cell(spec.default_text) or "—"
+        rows.append(
+            f"| `{spec.name}` | {spec.scope.value} | {spec.status} | {default} | {_cell(what)} |"
+        )
+    return "\n".join(rows)
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+if __name__ == "__main__":
+    print(readme_table())

@@ -1,0 +1,385 @@
+"""The two kinds of socket a tunnel joins: plain TCP and TLS we drive ourselves.
+
+Both are ``asyncio.Protocol``s with the same small face towards the relay:
+``send(data)``, ``send_eof()``, ``pause_reading()``, ``resume_reading()``, ``close()``
+and ``abort()``; what they read they hand to ``peer.send``.
+
+Why TLS is not the event loop's: asyncio's SSL transport cannot half-close (it has no
+``write_eof``), and a tunnel must forward EOF each way independently — a client that
+has finished sending may still be receiving megabytes.  So ``TLSEndpoint`` runs an
+``ssl.SSLObject`` over two ``ssl.MemoryBIO``s on a plain TCP transport: bytes from the
+socket go into the incoming BIO, OpenSSL turns them into plaintext (or handshake
+replies), and whatever OpenSSL wants to send is drained from the outgoing BIO after
+every step.  EOF towards a TLS peer is a close_notify alert followed by a TCP
+half-close; a close_notify from the peer is EOF in that direction, and we can keep
+writing after it.
+
+Before an endpoint is linked to its peer (during the handshake and while the upstream
+leg connects), plaintext it receives is held, not dropped: uvloop may deliver data
+before ``pause_reading`` takes effect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import ssl
+from collections.abc import Callable
+from typing import Protocol, cast
+
+from tlstunnel.tls.errors import describe_tls_error
+
+# One scratch buffer per process for decrypted data: OpenSSL writes each record into it
+# and we copy the filled part out once per socket read.  The event loop runs callbacks
+# one at a time, so sharing is safe, and the copy means a transport never keeps a view
+# of memory we will reuse.
+_DECRYPT_BUFFER = bytearray(256 * 1024)
+_DECRYPT_VIEW = memoryview(_DECRYPT_BUFFER)
+_RECORD_MAX = 16 * 1024
+
+
+class RelayEvents(Protocol):
+    """What an endpoint tells the relay that owns it."""
+
+    def activity(self) -> None: ...
+
+    def read_finished(self, endpoint: Endpoint) -> None: ...
+
+    def lost(self, endpoint: Endpoint, exc: BaseException | None) -> None: ...
+
+    def failed(self, endpoint: Endpoint, reason: str) -> None: ...
+
+
+def set_nodelay(transport: asyncio.BaseTransport) -> None:
+    """Disable Nagle: asyncio only does it for sockets it created with IPPROTO_TCP, and
+    without it every close_notify waits ~40 ms behind a delayed ACK."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+class Endpoint(asyncio.Protocol):
+    """State shared by both kinds: the peer, held data, EOF flags, byte counts."""
+
+    __slots__ = (
+        "_held",
+        "_held_eof",
+        "_on_connected",
+        "_reading_paused",
+        "bytes_sent",
+        "closed",
+        "lost_exc",
+        "peer",
+        "read_done",
+        "relay",
+        "transport",
+        "write_done",
+    )
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.peer: Endpoint | None = None
+        self.relay: RelayEvents | None = None
+        self._held: list[bytes] = []
+        self._held_eof = False
+        self._reading_paused = False
+        self._on_connected: Callable[[Endpoint], None] | None = None
+        self.read_done = False  # this side sent EOF (or close_notify)
+        self.write_done = False  # we sent EOF to this side
+        self.closed = False  # connection_lost has run
+        self.lost_exc: BaseException | None = None
+        self.bytes_sent = 0  # plaintext bytes written to this side
+
+    # -- asyncio.Protocol ------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses but have its methods.
+        self.transport = cast(asyncio.Transport, transport)
+        set_nodelay(self.transport)
+        if self._on_connected is not None:
+            callback, self._on_connected = self._on_connected, None
+            callback(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.lost_exc = exc
+        if self.relay is not None:
+            self.relay.lost(self, exc)
+        else:
+            self._lost_before_link(exc)
+
+    def when_connected(self, callback: Callable[[Endpoint], None]) -> None:
+        """Run ``callback(self)`` from ``connection_made`` (used for accepted sockets)."""
+        self._on_connected = callback
+
+    def pause_writing(self) -> None:
+        if self.peer is not None:
+            self.peer.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.peer is not None:
+            self.peer.resume_reading()
+
+    # -- the relay's side ------------------------------------------------------------
+
+    def link(self, peer: Endpoint, relay: RelayEvents) -> None:
+        """Start forwarding to ``peer``: first whatever was held, then live data."""
+        self.peer = peer
+        self.relay = relay
+        held, self._held = self._held, []
+        for chunk in held:
+            peer.send(chunk)
+        if self.closed:
+            relay.lost(self, self.lost_exc)
+        elif self._held_eof:
+            self._finish_read()
+        else:
+            self.resume_reading()
+
+    def pause_reading(self) -> None:
+        if not self._reading_paused and self.transport is not None:
+            self._reading_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._reading_paused and self.transport is not None:
+            self._reading_paused = False
+            if not self.transport.is_closing():
+                self.transport.resume_reading()
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    def send(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def send_eof(self) -> None:
+        raise NotImplementedError
+
+    def write_buffer_size(self) -> int:
+        return self.transport.get_write_buffer_size() if self.transport is not None else 0
+
+    # -- delivering what we read -----------------------------------------------------
+
+    def _deliver(self, data: bytes) -> None:
+        peer = self.peer
+        if peer is None:
+            self._held.append(data)
+            return
+        peer.send(data)
+        relay = self.relay
+        if relay is not None:
+            relay.activity()
+
+    def _finish_read(self) -> None:
+        if self.read_done:
+            return
+        if self.peer is None:
+            self._held_eof = True
+            return
+        self.read_done = True
+        if self.relay is not None:
+            self.relay.read_finished(self)
+
+    def _lost_before_link(self, exc: BaseException | None) -> None:
+        """Hook for endpoints that have something waiting on them before linking."""
+
+
+class PlainEndpoint(Endpoint):
+    """A plain TCP socket: the backend in server mode, the client in client mode."""
+
+    __slots__ = ()
+
+    def data_received(self, data: bytes) -> None:
+        self._deliver(data)
+
+    def eof_received(self) -> bool:
+        self._finish_read()
+        return True  # keep the socket open: we may still have to write to it
+
+    def send(self, data: bytes) -> None:
+        transport = self.transport
+        if transport is None or self.write_done:
+            return
+        self.bytes_sent += len(data)
+        transport.write(data)
+
+    def send_eof(self) -> None:
+        if self.write_done:
+            return
+        self.write_done = True
+        transport = self.transport
+        if transport is not None and not transport.is_closing() and transport.can_write_eof():
+            transport.write_eof()
+
+
+class HandshakeFailed(Exception):
+    """The TLS handshake did not complete; the message says why, for a person."""
+
+    def __init__(self, reason: str, cause: BaseException | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.cause = cause
+
+
+class TLSEndpoint(Endpoint):
+    """A TCP socket carrying TLS that we encrypt and decrypt ourselves."""
+
+    __slots__ = ("_incoming", "_outgoing", "handshake", "sslobj")
+
+    def __init__(
+        self,
+        context: ssl.SSLContext,
+        *,
+        server_side: bool,
+        server_hostname: str | None = None,
+        session: ssl.SSLSession | None = None,
+    ) -> None:
+        super().__init__()
+        self._incoming = ssl.MemoryBIO()
+        self._outgoing = ssl.MemoryBIO()
+        self.sslobj = context.wrap_bio(
+            self._incoming,
+            self._outgoing,
+            server_side=server_side,
+            server_hostname=server_hostname,
+            session=session,
+        )
+        self.handshake: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    # -- asyncio.Protocol ------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        if not self.sslobj.server_side:
+            self._step_handshake()  # a client speaks first: send the ClientHello
+
+    def data_received(self, data: bytes) -> None:
+        self._incoming.write(data)
+        if not self.handshake.done():
+            self._step_handshake()
+            if not self.handshake.done() or self.handshake.exception() is not None:
+                return
+        self._read_plaintext()
+
+    def eof_received(self) -> bool:
+        if not self.handshake.done():
+            self._fail_handshake("the peer closed the connection during the TLS handshake")
+            return False
+        # TCP EOF without close_notify: the peer (or a middlebox) cut the stream.  We
+        # forward it as EOF all the same; the data that did arrive is complete records.
+        self._finish_read()
+        return True
+
+    def _lost_before_link(self, exc: BaseException | None) -> None:
+        if not self.handshake.done():
+            if exc is None:
+                reason = "the peer closed the connection during the TLS handshake"
+            else:
+                reason = f"the connection failed during the TLS handshake: {exc}"
+            self.handshake.set_exception(HandshakeFailed(reason, exc))
+
+    # -- handshake -------------------------------------------------------------------
+
+    def _step_handshake(self) -> None:
+        try:
+            self.sslobj.do_handshake()
+        except ssl.SSLWantReadError:
+            self._flush()
+            return
+        except ssl.SSLError as exc:
+            self._flush()  # send OpenSSL's alert, if it wrote one
+            self._fail_handshake(None, exc)
+            return
+        self._flush()
+        self.pause_reading()  # hold further data until the other leg is ready
+        self.handshake.set_result(None)
+
+    def _fail_handshake(self, reason: str | None, exc: BaseException | None = None) -> None:
+        if not self.handshake.done():
+            server_side = self.sslobj.server_side
+            text = reason or describe_tls_error(
+                exc or Exception("unknown"), server_side=server_side
+            )
+            self.handshake.set_exception(HandshakeFailed(text, exc))
+        if self.transport is not None:
+            self.transport.close()
+
+    # -- data ------------------------------------------------------------------------
+
+    def _read_plaintext(self) -> None:
+        read = self.sslobj.read
+        view = _DECRYPT_VIEW
+        limit = len(_DECRYPT_BUFFER) - _RECORD_MAX
+        filled = 0
+        finished = False
+        try:
+            while True:
+                try:
+                    count = cast(int, read(_RECORD_MAX, view[filled:]))  # into the buffer
+                except ssl.SSLWantReadError:
+                    break
+                if count == 0:
+                    finished = True  # close_notify (or EOF) from the peer
+                    break
+                filled += count
+                if filled > limit:
+                    self._deliver(bytes(view[:filled]))
+                    filled = 0
+        except ssl.SSLZeroReturnError:
+            finished = True
+        except ssl.SSLError as exc:
+            if filled:
+                self._deliver(bytes(view[:filled]))
+            self._flush()
+            if self.relay is not None:
+                why = describe_tls_error(
+                    exc, server_side=self.sslobj.server_side, in_handshake=False
+                )
+                self.relay.failed(self, why)
+            else:
+                self.abort()
+            return
+        if filled:
+            self._deliver(bytes(view[:filled]))
+        if self._outgoing.pending:
+            self._flush()  # post-handshake messages: key updates, ticket replies
+        if finished:
+            self._finish_read()
+
+    def send(self, data: bytes) -> None:
+        transport = self.transport
+        if transport is None or self.write_done:
+            return
+        self.bytes_sent += len(data)
+        self.sslobj.write(data)
+        transport.write(self._outgoing.read())
+
+    def send_eof(self) -> None:
+        """Send close_notify, then half-close TCP; the peer may go on sending to us."""
+        if self.write_done:
+            return
+        self.write_done = True
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        try:
+            self.sslobj.unwrap()
+        except ssl.SSLWantReadError:
+            pass  # normal: our close_notify is out, the peer's has not arrived yet
+        except ssl.SSLError:
+            pass  # the session is already broken; closing is all that is left
+        self._flush()
+        if transport.can_write_eof():
+            transport.write_eof()
+
+    def _flush(self) -> None:
+        if self._outgoing.pending and self.transport is not None:
+            self.transport.write(self._outgoing.read())

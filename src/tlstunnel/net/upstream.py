@@ -1,0 +1,132 @@
+"""Connecting to a service's ``connect`` addresses: resolution, failover and deadlines.
+
+Names are resolved when the service starts (stunnel's default, ``delay = no``), so a
+connection costs no DNS lookup; with ``delay = yes`` they are resolved per connection.
+Every address a name resolves to is a separate target.  ``failover = prio`` tries the
+targets in the order written; ``rr`` starts each connection one target further along.
+Each attempt gets the full ``TIMEOUTconnect``; a refused or timed-out target is logged
+and the next one is tried, and when none answers the error lists every attempt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from tlstunnel.config.model import Address, SocketOption
+from tlstunnel.log import ERR, INFO, NOTICE, ConnectionLog
+from tlstunnel.net.endpoint import Endpoint
+from tlstunnel.net.sockopts import apply_socket_options
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One resolved address to connect to."""
+
+    family: int
+    sockaddr: tuple[str, int] | tuple[str, int, int, int]
+
+    def __str__(self) -> str:
+        host, port = self.sockaddr[0], self.sockaddr[1]
+        return f"[{host}]:{port}" if self.family == socket.AF_INET6 else f"{host}:{port}"
+
+
+class UpstreamFailed(Exception):
+    """No target accepted the connection; ``attempts`` says what each one did."""
+
+    def __init__(self, attempts: list[str]) -> None:
+        super().__init__("; ".join(attempts) if attempts else "no address to connect to")
+        self.attempts = attempts
+
+
+def connect_host(address: Address) -> str:
+    """stunnel's rule: a ``connect`` with only a port means localhost."""
+    return address.host if address.host is not None else "localhost"
+
+
+def resolve(addresses: Sequence[Address]) -> list[Target]:
+    """Resolve every address now (blocking; used at start and reload, not per connection).
+
+    Raises ``OSError`` naming the address that does not resolve.
+    """
+    targets: list[Target] = []
+    for address in addresses:
+        host = connect_host(address)
+        try:
+            infos = socket.getaddrinfo(host, address.port, type=socket.SOCK_STREAM)
+        except OSError as exc:
+            raise OSError(f"cannot resolve {host}: {exc.strerror or exc}") from exc
+        for family, _type, _proto, _name, sockaddr in infos:
+            target = Target(family, sockaddr)  # type: ignore[arg-type]
+            if target not in targets:
+                targets.append(target)
+    return targets
+
+
+async def resolve_async(addresses: Sequence[Address]) -> list[Target]:
+    """Resolve per connection (``delay = yes``) without blocking the loop."""
+    loop = asyncio.get_running_loop()
+    targets: list[Target] = []
+    for address in addresses:
+        host = connect_host(address)
+        try:
+            infos = await loop.getaddrinfo(host, address.port, type=socket.SOCK_STREAM)
+        except OSError as exc:
+            raise UpstreamFailed([f"{host}:{address.port}: cannot resolve: {exc}"]) from exc
+        for family, _type, _proto, _name, sockaddr in infos:
+            target = Target(family, sockaddr)  # type: ignore[arg-type]
+            if target not in targets:
+                targets.append(target)
+    return targets
+
+
+async def connect_first(
+    targets: Sequence[Target],
+    start: int,
+    make_endpoint: Callable[[Target], Endpoint],
+    *,
+    timeout: float,
+    socket_options: Sequence[SocketOption],
+    log: ConnectionLog,
+) -> tuple[Endpoint, Target]:
+    """Connect to the first target that answers, starting at index ``start``.
+
+    ``make_endpoint(target)`` builds the protocol for the socket, so a TLS client can
+    offer the session it cached for that very target.
+    """
+    loop = asyncio.get_running_loop()
+    attempts: list[str] = []
+    count = len(targets)
+    for step in range(count):
+        target = targets[(start + step) % count]
+        if log.enabled(INFO):
+            log(INFO, f"s_connect: connecting {target}")
+        sock = socket.socket(target.family, socket.SOCK_STREAM)
+        try:
+            sock.setblocking(False)
+            apply_socket_options(sock, socket_options, "r")
+            await asyncio.wait_for(loop.sock_connect(sock, target.sockaddr), timeout)
+            endpoint = make_endpoint(target)
+            await loop.create_connection(lambda: endpoint, sock=sock)  # noqa: B023
+        except TimeoutError:
+            sock.close()
+            attempts.append(f"{target}: no answer within {timeout:g} s")
+            log(ERR, f"s_connect: s_poll_wait {target}: TIMEOUTconnect exceeded")
+            continue
+        except OSError as exc:
+            sock.close()
+            # asyncio puts "Connect call failed (...)" in strerror; say what errno means.
+            why = f"{os.strerror(exc.errno)} ({exc.errno})" if exc.errno else str(exc)
+            attempts.append(f"{target}: {why}")
+            log(ERR, f"s_connect: connect {target}: {why}")
+            continue
+        except BaseException:
+            sock.close()
+            raise
+        log(NOTICE, f"s_connect: connected {target}")
+        return endpoint, target
+    log(ERR, "No more addresses to connect")
+    raise UpstreamFailed(attempts)

@@ -1,0 +1,336 @@
+"""The running server: services, listeners, signals, reload and shutdown.
+
+Lifecycle
+---------
+``prepare`` turns a ``Config`` into ``ServiceRuntime``s (TLS contexts built, connect
+names resolved) or fails with every reason; nothing is bound yet, so a broken file
+starts nothing.  ``Server.bind`` binds what is new; ``Server.serve`` runs until stopped.
+
+Signals (POSIX; Windows gets Ctrl-C only):
+
+* ``SIGTERM``/``SIGINT``/``SIGQUIT``: stop accepting, close every connection, remove
+  the pid file, log ``Terminated``.
+* ``SIGHUP``: read the configuration again.  A file that fails to load, a certificate
+  that does not work or an address that cannot be bound is reported and the running
+  configuration stays.  Otherwise listeners whose address is unchanged keep their
+  socket and simply start handing new clients to the new settings; live connections
+  keep the settings they started with and are never cut by a reload.
+* ``SIGUSR1``: reopen the log file.  ``SIGUSR2``: log the active connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+from collections.abc import Callable
+
+from tlstunnel.config.errors import ConfigError
+from tlstunnel.config.model import Config
+from tlstunnel.log import EMERG, ERR, INFO, NOTICE, Log
+from tlstunnel.net.listener import Listener, bind_socket, listen_host
+from tlstunnel.service import ServiceRuntime
+from tlstunnel.tls.context import TLSSetupError, build_service_tls
+
+
+class StartupError(Exception):
+    """The configuration loaded but cannot run; ``messages`` says why, one per line."""
+
+    def __init__(self, messages: list[str]) -> None:
+        super().__init__("\n".join(messages))
+        self.messages = messages
+
+
+def prepare(config: Config, log: Log) -> dict[str, ServiceRuntime]:
+    """Build every service's TLS objects and resolve its targets, collecting all errors."""
+    runtimes: dict[str, ServiceRuntime] = {}
+    problems: list[str] = []
+    for service in config.services:
+        log(INFO, f"Initializing service [{service.name}]")
+        try:
+            tls = build_service_tls(service)
+            runtime = ServiceRuntime(service, tls, log)
+        except TLSSetupError as exc:
+            problems.append(f"Service [{service.name}]: {exc}")
+            continue
+        except OSError as exc:
+            problems.append(f"Service [{service.name}]: connect: {exc}")
+            continue
+        for line in tls.describe_settings():
+            log(7, line)
+        runtimes[service.name] = runtime
+    if problems:
+        raise StartupError(problems)
+    return runtimes
+
+
+ListenerKey = tuple[str, int]
+
+
+class Server:
+    """Owns the listeners and runtimes; ``loader`` re-reads the configuration on SIGHUP."""
+
+    def __init__(
+        self,
+        config: Config,
+        runtimes: dict[str, ServiceRuntime],
+        log: Log,
+        loader: Callable[[], Config] | None,
+    ) -> None:
+        self.config = config
+        self.runtimes = runtimes
+        self.log = log
+        self._loader = loader
+        self.listeners: dict[ListenerKey, Listener] = {}
+        self._retired: list[ServiceRuntime] = []
+        self._stopping: asyncio.Event | None = None
+        self._reloading = False
+        self._background: set[asyncio.Task[None]] = set()
+
+    # -- binding ---------------------------------------------------------------------------
+
+    def bind(self) -> None:
+        """Bind every ``accept`` address (at start).  Raises StartupError, binding nothing."""
+        self.listeners = self._bind_for(self.config, self.runtimes, {})
+
+    def _bind_for(
+        self,
+        config: Config,
+        runtimes: dict[str, ServiceRuntime],
+        existing: dict[ListenerKey, Listener],
+    ) -> dict[ListenerKey, Listener]:
+        wanted: dict[ListenerKey, Listener] = {}
+        fresh: list[Listener] = []
+        problems: list[str] = []
+        for service in config.services:
+            for address in service.accept:
+                key = (listen_host(address), address.port)
+                if key in wanted:
+                    problems.append(
+                        f"Service [{service.name}]: {address} is already used by another "
+                        "service in this configuration"
+                    )
+                    continue
+                listener = existing.get(key) if address.port != 0 else None
+                if listener is None:
+                    try:
+                        sock = bind_socket(address, service.socket_options)
+                    except OSError as exc:
+                        why = f"{exc.strerror} ({exc.errno})" if exc.strerror else str(exc)
+                        problems.append(
+                            f"Error binding service [{service.name}] to {address}: {why}"
+                        )
+                        continue
+                    listener = Listener(address, sock)
+                    fresh.append(listener)
+                wanted[key] = listener
+        if problems:
+            for listener in fresh:
+                listener.close()
+            raise StartupError(problems)
+        for service in config.services:
+            for address in service.accept:
+                listener = wanted[(listen_host(address), address.port)]
+                listener.on_accept = runtimes[service.name].accept
+                self.log(
+                    INFO,
+                    f"Service [{service.name}] (FD={listener.sock.fileno()}) bound to "
+                    f"{listener.display}",
+                )
+        return wanted
+
+    # -- running ---------------------------------------------------------------------------
+
+    async def serve(self) -> None:
+        self._stopping = asyncio.Event()
+        for listener in self.listeners.values():
+            await listener.start()
+        self._install_signals()
+        self.log(INFO, "Accepting new connections")
+        await self._stopping.wait()
+        await self._shutdown()
+
+    def stop(self) -> None:
+        if self._stopping is not None:
+            self._stopping.set()
+
+    async def _shutdown(self) -> None:
+        for listener in self.listeners.values():
+            listener.close()
+        tasks: list[asyncio.Task[None]] = []
+        for runtime in self._all_runtimes():
+            tasks.extend(c.task for c in runtime.connections if c.task is not None)
+            runtime.shutdown("Server is terminating")
+        if tasks:
+            await asyncio.wait(tasks, timeout=5)
+        self.log(NOTICE, "Terminated")
+
+    def _all_runtimes(self) -> list[ServiceRuntime]:
+        self._retired = [r for r in self._retired if r.connections]
+        return [*self.runtimes.values(), *self._retired]
+
+    # -- signals ---------------------------------------------------------------------------
+
+    def _install_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        handlers: dict[str, Callable[[], None]] = {
+            "SIGTERM": self.stop,
+            "SIGINT": self.stop,
+            "SIGQUIT": self.stop,
+            "SIGHUP": self._schedule_reload,
+            "SIGUSR1": self.reopen_log,
+            "SIGUSR2": self.list_connections,
+        }
+        for name, handler in handlers.items():
+            signum = getattr(signal, name, None)
+            if signum is None:
+                continue
+            try:
+                loop.add_signal_handler(signum, handler)
+            except (NotImplementedError, RuntimeError):
+                # Windows: no loop signal handlers; Ctrl-C arrives as SIGINT in the
+                # main thread and is passed to the loop thread-safely.
+                if name == "SIGINT":
+                    signal.signal(signum, lambda *_: loop.call_soon_threadsafe(self.stop))
+
+    def _schedule_reload(self) -> None:
+        task = asyncio.get_running_loop().create_task(self.reload())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def reopen_log(self) -> None:
+        self.log.reopen()
+        self.log(NOTICE, "Log file reopened")
+
+    def list_connections(self) -> None:
+        self.log(EMERG, "Active connections:")
+        count = 0
+        for runtime in self._all_runtimes():
+            for connection in sorted(runtime.connections, key=lambda c: c.id):
+                self.log(EMERG, connection.describe())
+                count += 1
+        self.log(EMERG, f"Listed {count} active connection(s)")
+
+    async def reload(self) -> None:
+        """Re-read the configuration; on any problem keep running the old one."""
+        if self._reloading:
+            return
+        self._reloading = True
+        try:
+            self._reload()
+        finally:
+            self._reloading = False
+        for listener in list(self.listeners.values()):
+            await listener.start()  # the ones a reload bound anew
+
+    def _reload(self) -> None:
+        log = self.log
+        if self._loader is None:
+            log(ERR, "Cannot reload: the configuration was read from a descriptor")
+            return
+        log(NOTICE, "Reloading configuration")
+        try:
+            config = self._loader()
+            runtimes = prepare(config, log)
+            listeners = self._bind_for(config, runtimes, self.listeners)
+        except ConfigError as exc:
+            for problem in exc.problems:
+                log(ERR, str(problem))
+            log(ERR, "Configuration failed; still running the previous configuration")
+            return
+        except StartupError as exc:
+            for message in exc.messages:
+                log(ERR, message)
+            log(ERR, "Configuration failed; still running the previous configuration")
+            return
+        for key, listener in self.listeners.items():
+            if listeners.get(key) is not listener:
+                listener.close()
+        self._retired.extend(r for r in self.runtimes.values() if r.connections)
+        self.listeners = listeners
+        self.runtimes = runtimes
+        self.config = config
+        try:
+            log.configure(config.globals)
+        except OSError as exc:
+            log(ERR, f"Cannot open log file {config.globals.output}: {exc.strerror}")
+        log(NOTICE, "Configuration successful")
+
+
+# -- process-level helpers (POSIX parts guarded) ---------------------------------------
+
+
+def raise_file_limit() -> None:
+    """Each connection needs two descriptors: lift the soft limit to the hard one."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = 1 << 20
+    if soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def write_pid_file(path: str) -> None:
+    with open(path, "w", encoding="ascii") as handle:
+        handle.write(f"{os.getpid()}\n")
+
+
+def remove_pid_file(path: str) -> None:
+    try:
+        with open(path, encoding="ascii") as handle:
+            if handle.read().strip() != str(os.getpid()):
+                return  # another instance owns it now
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def daemonize() -> None:
+    """Detach from the terminal (``foreground = no``): fork, new session, fork again."""
+    if sys.platform == "win32" or not hasattr(os, "fork"):
+        return
+    if os.fork() > 0:
+        os._exit(0)
+    os.setsid()
+    if os.fork() > 0:
+        os._exit(0)
+    os.chdir("/")
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    if devnull > 2:
+        os.close(devnull)
+
+
+def drop_privileges(user: str | None, group: str | None) -> None:
+    """``setgid``/``setuid`` after binding.  Raises OSError/KeyError with the reason."""
+    if user is None and group is None:
+        return
+    if sys.platform == "win32":
+        raise OSError("setuid/setgid are not available on Windows")
+    import grp
+    import pwd
+
+    if group is not None:
+        gid = int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
+        os.setgroups([gid])
+        os.setgid(gid)
+    if user is not None:
+        uid = int(user) if user.isdigit() else pwd.getpwnam(user).pw_uid
+        os.setuid(uid)
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop where installed (the measured fast path), else the standard loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+    return loop

@@ -1,0 +1,285 @@
+"""One service as it runs, and one connection's pipeline through it.
+
+Server mode:  accept TCP → TLS handshake (``TIMEOUTbusy``) → peer checks → connect the
+backend (failover, ``TIMEOUTconnect``) → relay → log how it ended.
+Client mode:  accept TCP → connect the server → TLS handshake → peer checks → relay.
+
+Each connection is one task; everything it does is awaited inside it, and the
+``except Exception`` in ``Connection.run`` is the per-connection boundary: whatever
+goes wrong is logged with the connection's id and only that connection is closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import socket
+import ssl
+import time
+from collections.abc import Callable
+
+from tlstunnel.config.model import ServiceConfig
+from tlstunnel.log import DEBUG, ERR, INFO, NOTICE, WARNING, ConnectionLog, Log
+from tlstunnel.net.endpoint import Endpoint, HandshakeFailed, PlainEndpoint, TLSEndpoint
+from tlstunnel.net.relay import Relay
+from tlstunnel.net.sockopts import apply_socket_options
+from tlstunnel.net.upstream import Target, UpstreamFailed, connect_first, resolve, resolve_async
+from tlstunnel.tls.context import ServiceTLS
+
+_connection_ids = itertools.count()
+
+
+class ServiceRuntime:
+    """A service's settings, TLS objects, resolved targets and live connections."""
+
+    def __init__(self, config: ServiceConfig, tls: ServiceTLS, log: Log) -> None:
+        self.config = config
+        self.tls = tls
+        self.log = log
+        self.targets: list[Target] = [] if config.delay else resolve(config.connect)
+        self._next_target = 0
+        self.sessions: dict[Target, ssl.SSLSession] = {}  # client mode resumption
+        self.connections: set[Connection] = set()
+
+    def accept(self) -> asyncio.Protocol:
+        """Protocol factory for the listener: the client-facing endpoint."""
+        endpoint: Endpoint
+        if self.config.client:
+            endpoint = PlainEndpoint()
+        else:
+            endpoint = TLSEndpoint(self.tls.context, server_side=True)
+        endpoint.when_connected(self._start_connection)
+        return endpoint
+
+    def _start_connection(self, endpoint: Endpoint) -> None:
+        connection = Connection(self, endpoint)
+        self.connections.add(connection)
+        connection.task = asyncio.get_running_loop().create_task(connection.run())
+
+    def next_start_index(self) -> int:
+        """Where failover starts: always the first target for prio, rotating for rr."""
+        if self.config.failover.value != "rr":
+            return 0
+        index = self._next_target
+        self._next_target += 1
+        return index
+
+    def shutdown(self, reason: str) -> None:
+        for connection in list(self.connections):
+            connection.shutdown(reason)
+
+
+class Connection:
+    """One client's trip through a service."""
+
+    def __init__(self, service: ServiceRuntime, client: Endpoint) -> None:
+        self.id = next(_connection_ids)
+        self.service = service
+        self.client = client
+        self.started = time.monotonic()
+        self.relay: Relay | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.log = ConnectionLog(service.log, str(self.id), service.config.log_level.level)
+        self.peer_address = _peer_name(client)
+        self._session_target: Target | None = None
+
+    def describe(self) -> str:
+        age = time.monotonic() - self.started
+        state = "relaying" if self.relay is not None else "starting"
+        return (
+            f"Connection {self.id}: service [{self.service.config.name}] from "
+            f"{self.peer_address}, {state}, {age:.0f} s"
+        )
+
+    def shutdown(self, reason: str) -> None:
+        if self.relay is not None:
+            self.relay.shutdown(reason)
+        else:
+            self.client.abort()
+            if self.task is not None:
+                self.task.cancel()
+
+    async def run(self) -> None:
+        config = self.service.config
+        log = self.log
+        log(NOTICE, f"Service [{config.name}] accepted connection from {self.peer_address}")
+        tls_side: TLSEndpoint | None = None
+        upstream: Endpoint | None = None
+        try:
+            client_socket = _socket_of(self.client)
+            if client_socket is not None:
+                apply_socket_options(client_socket, config.socket_options, "l")
+            if config.client:
+                upstream, tls_side = await self._open_client_mode()
+            else:
+                assert isinstance(self.client, TLSEndpoint)
+                tls_side = self.client
+                await self._handshake(tls_side, "SSL_accept", "TLS accepted")
+                upstream, _target = await self._connect(lambda _target: PlainEndpoint())
+            self.relay = Relay(
+                self.client,
+                upstream,
+                idle_timeout=config.timeout_idle,
+                close_timeout=config.timeout_close,
+            )
+            self.relay.start()
+            outcome = await self.relay.done
+            self._remember_session(tls_side)
+            tls_bytes = tls_side.bytes_sent
+            plain = upstream if tls_side is self.client else self.client
+            counts = f"{tls_bytes} byte(s) sent to TLS, {plain.bytes_sent} byte(s) sent to socket"
+            if outcome.reason is None:
+                log(NOTICE, f"Connection closed: {counts}")
+            else:
+                log(ERR if "TIMEOUT" not in outcome.reason else NOTICE, outcome.reason)
+                log(NOTICE, f"Connection reset: {counts}")
+        except (HandshakeFailed, UpstreamFailed, PeerRefused, OSError) as exc:
+            if isinstance(exc, OSError):
+                log(ERR, f"Connection failed: {exc.strerror or exc}")
+            self._abort(upstream)
+            tls_bytes = tls_side.bytes_sent if tls_side is not None else 0
+            log(
+                NOTICE,
+                f"Connection reset: {tls_bytes} byte(s) sent to TLS, 0 byte(s) sent to socket",
+            )
+        except asyncio.CancelledError:
+            self._abort(upstream)
+            log(NOTICE, "Connection reset: 0 byte(s) sent to TLS, 0 byte(s) sent to socket")
+        except Exception as exc:  # noqa: BLE001 -- the per-connection boundary: log, close, go on
+            self._abort(upstream)
+            log(ERR, f"Internal error, connection closed: {type(exc).__name__}: {exc}")
+        finally:
+            self.service.connections.discard(self)
+
+    # -- steps ---------------------------------------------------------------------------
+
+    async def _open_client_mode(self) -> tuple[Endpoint, TLSEndpoint]:
+        service = self.service
+
+        def make_tls(target: Target) -> Endpoint:
+            return TLSEndpoint(
+                service.tls.context,
+                server_side=False,
+                server_hostname=service.tls.server_hostname(self._sni_host()),
+                session=service.sessions.get(target),
+            )
+
+        upstream, target = await self._connect(make_tls)
+        assert isinstance(upstream, TLSEndpoint)
+        try:
+            await self._handshake(upstream, "SSL_connect", "TLS connected")
+        except BaseException:
+            upstream.abort()
+            raise
+        self._session_target = target
+        return upstream, upstream
+
+    def _sni_host(self) -> str | None:
+        connect = self.service.config.connect
+        return connect[0].host if connect else None
+
+    async def _handshake(self, endpoint: TLSEndpoint, step: str, done_text: str) -> None:
+        config = self.service.config
+        log = self.log
+        try:
+            await asyncio.wait_for(asyncio.shield(endpoint.handshake), config.timeout_busy)
+        except TimeoutError:
+            endpoint.abort()
+            log(
+                ERR,
+                f"{step}: TIMEOUTbusy exceeded: the TLS handshake took longer than "
+                f"{config.timeout_busy:g} s",
+            )
+            raise HandshakeFailed("TIMEOUTbusy exceeded") from None
+        except HandshakeFailed as exc:
+            log(ERR, f"{step}: {exc.reason}")
+            raise
+        sslobj = endpoint.sslobj
+        reason = self.service.tls.check_peer(sslobj)
+        if reason is not None:
+            log(WARNING, f"Rejected peer certificate: {reason}")
+            endpoint.abort()
+            raise PeerRefused(reason)
+        if log.enabled(INFO):
+            self._log_peer(sslobj)
+            session = (
+                "previous session reused" if sslobj.session_reused else "new session negotiated"
+            )
+            log(INFO, f"{done_text}: {session}")
+            cipher = sslobj.cipher()
+            if cipher is not None:
+                name, version, bits = cipher
+                log(INFO, f"{sslobj.version()} ciphersuite: {name} ({bits}-bit encryption)")
+                log(DEBUG, f"Cipher protocol version: {version}")
+
+    def _log_peer(self, sslobj: ssl.SSLObject) -> None:
+        peer = sslobj.getpeercert()
+        if not peer:
+            if sslobj.getpeercert(binary_form=True) is None:
+                self.log(INFO, "No peer certificate received")
+            return
+        subject = ", ".join(
+            f"{pair[0]}={pair[1]}" for rdn in peer.get("subject", ()) for pair in rdn
+        )
+        self.log(NOTICE, f"Certificate accepted at depth=0: {subject}")
+
+    async def _connect(
+        self, make_endpoint: Callable[[Target], Endpoint]
+    ) -> tuple[Endpoint, Target]:
+        service = self.service
+        config = service.config
+        targets = service.targets if not config.delay else await resolve_async(config.connect)
+        endpoint, target = await connect_first(
+            targets,
+            service.next_start_index(),
+            make_endpoint,
+            timeout=config.timeout_connect,
+            socket_options=config.socket_options,
+            log=self.log,
+        )
+        local = _local_name(endpoint)
+        self.log(NOTICE, f"Service [{config.name}] connected remote server from {local}")
+        return endpoint, target
+
+    def _remember_session(self, tls_side: TLSEndpoint) -> None:
+        target = self._session_target
+        if target is None or tls_side.sslobj.server_side:
+            return
+        session = tls_side.sslobj.session
+        if session is not None:
+            self.service.sessions[target] = session
+
+    def _abort(self, upstream: Endpoint | None) -> None:
+        self.client.abort()
+        if upstream is not None:
+            upstream.abort()
+
+
+class PeerRefused(Exception):
+    """The peer's certificate did not pass checkHost/checkIP/checkEmail/verifyPeer."""
+
+
+def _socket_of(endpoint: Endpoint) -> socket.socket | None:
+    transport = endpoint.transport
+    return transport.get_extra_info("socket") if transport is not None else None
+
+
+def _peer_name(endpoint: Endpoint) -> str:
+    transport = endpoint.transport
+    name = transport.get_extra_info("peername") if transport is not None else None
+    return _format_sockaddr(name)
+
+
+def _local_name(endpoint: Endpoint) -> str:
+    transport = endpoint.transport
+    name = transport.get_extra_info("sockname") if transport is not None else None
+    return _format_sockaddr(name)
+
+
+def _format_sockaddr(name: object) -> str:
+    if isinstance(name, tuple) and len(name) >= 2:
+        host = str(name[0])
+        if host.startswith("::ffff:") and "." in host:
+            host = host[len("::ffff:") :]  # an IPv4 client on a dual-stack socket
+        return f"[{host}]:{name[1]}" if ":" in host else f"{host}:{name[1]}"
+    return str(name) if name else "unknown"
