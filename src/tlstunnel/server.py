@@ -28,7 +28,7 @@ import sys
 from collections.abc import Callable
 
 from tlstunnel.config.errors import ConfigError
-from tlstunnel.config.model import Config
+from tlstunnel.config.model import Address, Config
 from tlstunnel.log import EMERG, ERR, INFO, NOTICE, Log
 from tlstunnel.net.listener import Listener, bind_socket, listen_host
 from tlstunnel.service import ServiceRuntime
@@ -66,7 +66,15 @@ def prepare(config: Config, log: Log) -> dict[str, ServiceRuntime]:
     return runtimes
 
 
-ListenerKey = tuple[str, int]
+# Listeners are matched across reloads by address.  Port 0 ("any free port") cannot be
+# compared by address, so such a listener belongs to its service and position instead.
+ListenerKey = tuple[str, str, int]
+
+
+def listener_key(service: str, index: int, address: Address) -> ListenerKey:
+    if address.port == 0:
+        return (f"{service}#{index}", listen_host(address), 0)
+    return ("", listen_host(address), address.port)
 
 
 class Server:
@@ -105,15 +113,15 @@ class Server:
         fresh: list[Listener] = []
         problems: list[str] = []
         for service in config.services:
-            for address in service.accept:
-                key = (listen_host(address), address.port)
+            for index, address in enumerate(service.accept):
+                key = listener_key(service.name, index, address)
                 if key in wanted:
                     problems.append(
                         f"Service [{service.name}]: {address} is already used by another "
                         "service in this configuration"
                     )
                     continue
-                listener = existing.get(key) if address.port != 0 else None
+                listener = existing.get(key)
                 if listener is None:
                     try:
                         sock = bind_socket(address, service.socket_options)
@@ -131,8 +139,8 @@ class Server:
                 listener.close()
             raise StartupError(problems)
         for service in config.services:
-            for address in service.accept:
-                listener = wanted[(listen_host(address), address.port)]
+            for index, address in enumerate(service.accept):
+                listener = wanted[listener_key(service.name, index, address)]
                 listener.on_accept = runtimes[service.name].accept
                 self.log(
                     INFO,
