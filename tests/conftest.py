@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -40,3 +41,17 @@ def tunnel(tmp_path: Path) -> Iterator[TunnelFactory]:
     yield start
     for process in started:
         process.stop()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """In CI (TLSTUNNEL_REQUIRE_INTEROP=1) a skipped interop test is a failure."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if (
+        report.skipped
+        and os.environ.get("TLSTUNNEL_REQUIRE_INTEROP") == "1"
+        and item.get_closest_marker("interop") is not None
+    ):
+        report.outcome = "failed"
+        report.longrepr = f"interop test skipped in CI: {report.longrepr}"

@@ -6,6 +6,8 @@ it prints and what the documentation says cannot drift apart.
 
 from __future__ import annotations
 
+import sys
+
 from tlstunnel.config.options import OPTIONS, OptionSpec, Scope
 
 
@@ -64,5 +66,23 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|")
 
 
+README_BEGIN = "<!-- options:begin -->"
+README_END = "<!-- options:end -->"
+
+
+def splice_readme(text: str) -> str:
+    """``text`` with the table between the README's option markers regenerated."""
+    head, _, rest = text.partition(README_BEGIN)
+    _, _, tail = rest.partition(README_END)
+    return f"{head}{README_BEGIN}\n{readme_table()}\n{README_END}{tail}"
+
+
 if __name__ == "__main__":
-    print(readme_table())
+    # python -m tlstunnel.config.reference [README.md]: print the table, or rewrite the file.
+    if len(sys.argv) > 1:
+        with open(sys.argv[1], encoding="utf-8") as handle:
+            updated = splice_readme(handle.read())
+        with open(sys.argv[1], "w", encoding="utf-8") as handle:
+            handle.write(updated)
+    else:
+        print(readme_table())
