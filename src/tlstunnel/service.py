@@ -182,7 +182,8 @@ class Connection:
         config = self.service.config
         log = self.log
         try:
-            await asyncio.wait_for(asyncio.shield(endpoint.handshake), config.timeout_busy)
+            async with asyncio.timeout(config.timeout_busy):
+                await endpoint.handshake
         except TimeoutError:
             endpoint.abort()
             log(

@@ -232,7 +232,7 @@ class HandshakeFailed(Exception):
 class TLSEndpoint(Endpoint):
     """A TCP socket carrying TLS that we encrypt and decrypt ourselves."""
 
-    __slots__ = ("_incoming", "_outgoing", "handshake", "sslobj")
+    __slots__ = ("_established", "_incoming", "_outgoing", "handshake", "sslobj")
 
     def __init__(
         self,
@@ -252,7 +252,10 @@ class TLSEndpoint(Endpoint):
             server_hostname=server_hostname,
             session=session,
         )
+        # Resolved when the handshake ends (or fails); the waiter may cancel it on a
+        # deadline, so completion is tracked separately in ``_established``.
         self.handshake: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._established = False
 
     # -- asyncio.Protocol ------------------------------------------------------------
 
@@ -263,14 +266,14 @@ class TLSEndpoint(Endpoint):
 
     def data_received(self, data: bytes) -> None:
         self._incoming.write(data)
-        if not self.handshake.done():
+        if not self._established:
             self._step_handshake()
-            if not self.handshake.done() or self.handshake.exception() is not None:
+            if not self._established:
                 return
         self._read_plaintext()
 
     def eof_received(self) -> bool:
-        if not self.handshake.done():
+        if not self._established:
             self._fail_handshake("the peer closed the connection during the TLS handshake")
             return False
         # TCP EOF without close_notify: the peer (or a middlebox) cut the stream.  We
@@ -289,6 +292,8 @@ class TLSEndpoint(Endpoint):
     # -- handshake -------------------------------------------------------------------
 
     def _step_handshake(self) -> None:
+        if self.handshake.done():
+            return  # failed, or its waiter gave up (TIMEOUTbusy): nothing more to do
         try:
             self.sslobj.do_handshake()
         except ssl.SSLWantReadError:
@@ -299,8 +304,10 @@ class TLSEndpoint(Endpoint):
             self._fail_handshake(None, exc)
             return
         self._flush()
+        self._established = True
         self.pause_reading()  # hold further data until the other leg is ready
-        self.handshake.set_result(None)
+        if not self.handshake.done():
+            self.handshake.set_result(None)
 
     def _fail_handshake(self, reason: str | None, exc: BaseException | None = None) -> None:
         if not self.handshake.done():

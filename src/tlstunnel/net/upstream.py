@@ -108,7 +108,8 @@ async def connect_first(
         try:
             sock.setblocking(False)
             apply_socket_options(sock, socket_options, "r")
-            await asyncio.wait_for(loop.sock_connect(sock, target.sockaddr), timeout)
+            async with asyncio.timeout(timeout):
+                await loop.sock_connect(sock, target.sockaddr)
             endpoint = make_endpoint(target)
             await loop.create_connection(lambda: endpoint, sock=sock)  # noqa: B023
         except TimeoutError:
