@@ -85,6 +85,15 @@ def _expect_count(args: list[str], count: int) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
+        return _main(argv)
+    finally:
+        # Whatever ended before logging was configured (a usage error, a configuration
+        # that failed, --check) shows its lines now, in stunnel's [!] [.] [ ] form.
+        log.flush_early()
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    try:
         invocation = parse_arguments(sys.argv[1:] if argv is None else argv)
     except UsageError as exc:
         log(ERR, f"Command line: {exc}")

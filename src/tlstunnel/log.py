@@ -5,10 +5,14 @@ Every line people grep keeps stunnel's shape::
     2026.11.25 09:54:44 LOG5[0]: Service [echo] accepted connection from 127.0.0.1:58774
 
 ``LOG5`` is the syslog level (0 emerg .. 7 debug) and the bracket holds who speaks:
-``ui`` for the process itself, a sequential number for each connection.  Before the
-configuration has been read (and for ``--check``) lines are written to stderr in
-stunnel's short form: ``[!]`` for errors and warnings, ``[.]`` for notices, ``[ ]``
-for the rest.
+``ui`` for the process itself, a sequential number for each connection.
+
+Like stunnel, lines logged before the configuration is known (the banner, "Reading
+configuration", "Initializing service") are kept: ``configure`` replays those its
+``debug`` level allows to the configured destinations, so the log file starts with the
+banner and ``debug = 3`` really hides notices.  When there is no configuration to
+apply (it failed, or ``--check``), ``flush_early`` writes them to stderr in stunnel's
+short form: ``[!]`` for errors and warnings, ``[.]`` for notices, ``[ ]`` for the rest.
 
 Each destination is chosen by the global options: ``output`` (a file, ``log =
 append|overwrite``), ``syslog`` (the local syslog socket, where there is one) and
@@ -99,6 +103,8 @@ class Log:
         self._syslog: _SyslogWriter | None = None
         self._stamp_second = -1
         self._stamp = ""
+        # (level, ident, text, timestamp) of every line logged before ``configure``.
+        self._early: list[tuple[int, str, str, str]] = []
 
     # -- configuration -------------------------------------------------------------
 
@@ -120,11 +126,28 @@ class Log:
             self._syslog.close()
             self._syslog = None
         if settings.syslog and use_syslog:
-            self._syslog = _SyslogWriter(settings.log_level.facility, "tlstunnel")
+            # stunnel's ``service`` option names the process in syslog ("stunnel").
+            self._syslog = _SyslogWriter(settings.log_level.facility, settings.service_name)
         foreground_to_stderr = settings.foreground.value == "yes"
         self._stderr = sys.stderr if foreground_to_stderr else None
         self.level = settings.log_level.level
         self._configured = True
+        early, self._early = self._early, []
+        for level, ident, text, stamp in early:
+            if level <= self.level:
+                self._emit(level, ident, text, stamp)
+
+    def flush_early(self, threshold: int = INFO) -> None:
+        """Write the lines kept since start to stderr as ``[!]``/``[.]``/``[ ]`` lines.
+
+        For when the configuration is never applied: it failed, or ``--check``.  Debug
+        lines stay out unless ``threshold`` asks for them.  Does nothing once
+        ``configure`` has replayed them.
+        """
+        early, self._early = self._early, []
+        for level, _ident, text, _stamp in early:
+            if level <= threshold:
+                self._write_stream(self._stderr, f"{early_prefix(level)} {text}\n")
 
     def reopen(self) -> None:
         """Close and reopen the ``output`` file (SIGUSR1, for log rotation)."""
@@ -157,20 +180,23 @@ class Log:
 
     def __call__(self, level: int, text: str, ident: str = "ui") -> None:
         """Log one process-level line, filtered by the global ``debug`` level."""
-        if level <= self.level:
+        if level <= self.level or not self._configured:
             self.write(level, ident, text)
 
     def write(self, level: int, ident: str, text: str) -> None:
         """Write a line with no filtering (callers already checked ``enabled``)."""
         if not self._configured:
-            self._write_stream(self._stderr, f"{early_prefix(level)} {text}\n")
+            self._early.append((level, ident, text, self._timestamp()))
             return
+        self._emit(level, ident, text, self._timestamp())
+
+    def _emit(self, level: int, ident: str, text: str, stamp: str) -> None:
         body = f"LOG{level}[{ident}]: {text}"
         if self._syslog is not None:
             self._syslog.write(level, body)
         if self._file is None and self._stderr is None:
             return
-        line = f"{self._timestamp()} {body}\n"
+        line = f"{stamp} {body}\n"
         self._write_stream(self._file, line)
         self._write_stream(self._stderr, line)
 

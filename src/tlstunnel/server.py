@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import signal
 import sys
@@ -156,6 +157,9 @@ class Server:
         for listener in self.listeners.values():
             await listener.start()
         self._install_signals()
+        # Everything built so far lives as long as the process: keep the collector from
+        # walking it again and again while connections come and go.
+        gc.freeze()
         self.log(INFO, "Accepting new connections")
         await self._stopping.wait()
         await self._shutdown()

@@ -40,6 +40,7 @@ class ServiceRuntime:
         self._next_target = 0
         self.sessions: dict[Target, ssl.SSLSession] = {}  # client mode resumption
         self.connections: set[Connection] = set()
+        self.has_local_socket_options = any(o.side == "l" for o in config.socket_options)
 
     def accept(self) -> asyncio.Protocol:
         """Protocol factory for the listener: the client-facing endpoint."""
@@ -80,8 +81,15 @@ class Connection:
         self.relay: Relay | None = None
         self.task: asyncio.Task[None] | None = None
         self.log = ConnectionLog(service.log, str(self.id), service.config.log_level.level)
-        self.peer_address = _peer_name(client)
+        self._peer_address: str | None = None
         self._session_target: Target | None = None
+
+    @property
+    def peer_address(self) -> str:
+        """The client's address, worked out only when something logs it."""
+        if self._peer_address is None:
+            self._peer_address = _peer_name(self.client)
+        return self._peer_address
 
     def describe(self) -> str:
         age = time.monotonic() - self.started
@@ -102,13 +110,15 @@ class Connection:
     async def run(self) -> None:
         config = self.service.config
         log = self.log
-        log(NOTICE, f"Service [{config.name}] accepted connection from {self.peer_address}")
+        if log.enabled(NOTICE):
+            log(NOTICE, f"Service [{config.name}] accepted connection from {self.peer_address}")
         tls_side: TLSEndpoint | None = None
         upstream: Endpoint | None = None
         try:
-            client_socket = _socket_of(self.client)
-            if client_socket is not None:
-                apply_socket_options(client_socket, config.socket_options, "l")
+            if self.service.has_local_socket_options:
+                client_socket = _socket_of(self.client)
+                if client_socket is not None:
+                    apply_socket_options(client_socket, config.socket_options, "l")
             if config.client:
                 upstream, tls_side = await self._open_client_mode()
             else:
@@ -127,12 +137,15 @@ class Connection:
             self._remember_session(tls_side)
             tls_bytes = tls_side.bytes_sent
             plain = upstream if tls_side is self.client else self.client
-            counts = f"{tls_bytes} byte(s) sent to TLS, {plain.bytes_sent} byte(s) sent to socket"
-            if outcome.reason is None:
-                log(NOTICE, f"Connection closed: {counts}")
-            else:
+            if outcome.reason is not None:
                 log(ERR if "TIMEOUT" not in outcome.reason else NOTICE, outcome.reason)
-                log(NOTICE, f"Connection reset: {counts}")
+            if log.enabled(NOTICE):
+                ending = "closed" if outcome.reason is None else "reset"
+                log(
+                    NOTICE,
+                    f"Connection {ending}: {tls_bytes} byte(s) sent to TLS, "
+                    f"{plain.bytes_sent} byte(s) sent to socket",
+                )
         except (HandshakeFailed, UpstreamFailed, PeerRefused, OSError) as exc:
             if isinstance(exc, OSError):
                 log(ERR, f"Connection failed: {exc.strerror or exc}")
@@ -238,8 +251,9 @@ class Connection:
             socket_options=config.socket_options,
             log=self.log,
         )
-        local = _local_name(endpoint)
-        self.log(NOTICE, f"Service [{config.name}] connected remote server from {local}")
+        if self.log.enabled(NOTICE):
+            local = _local_name(endpoint)
+            self.log(NOTICE, f"Service [{config.name}] connected remote server from {local}")
         return endpoint, target
 
     def _remember_session(self, tls_side: TLSEndpoint) -> None:

@@ -53,7 +53,10 @@ class RelayEvents(Protocol):
 
 def set_nodelay(transport: asyncio.BaseTransport) -> None:
     """Disable Nagle: asyncio only does it for sockets it created with IPPROTO_TCP, and
-    without it every close_notify waits ~40 ms behind a delayed ACK."""
+    without it every close_notify waits ~40 ms behind a delayed ACK.  uvloop does it for
+    every TCP transport, so there this costs nothing but a type check."""
+    if type(transport).__module__.startswith("uvloop"):
+        return
     sock = transport.get_extra_info("socket")
     if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
         with contextlib.suppress(OSError):

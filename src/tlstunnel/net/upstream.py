@@ -83,6 +83,11 @@ async def resolve_async(addresses: Sequence[Address]) -> list[Target]:
     return targets
 
 
+def _close(sock: socket.socket | None) -> None:
+    if sock is not None:
+        sock.close()
+
+
 async def connect_first(
     targets: Sequence[Target],
     start: int,
@@ -98,36 +103,48 @@ async def connect_first(
     offer the session it cached for that very target.
     """
     loop = asyncio.get_running_loop()
+    # Our own socket only when there is something to set before connecting, or an IPv6
+    # scope id that a host string would lose.
+    needs_own_socket = any(option.side == "r" for option in socket_options) or any(
+        len(target.sockaddr) == 4 and target.sockaddr[3] for target in targets
+    )
     attempts: list[str] = []
     count = len(targets)
     for step in range(count):
         target = targets[(start + step) % count]
         if log.enabled(INFO):
             log(INFO, f"s_connect: connecting {target}")
-        sock = socket.socket(target.family, socket.SOCK_STREAM)
+        sock: socket.socket | None = None
         try:
-            sock.setblocking(False)
-            apply_socket_options(sock, socket_options, "r")
-            async with asyncio.timeout(timeout):
-                await loop.sock_connect(sock, target.sockaddr)
             endpoint = make_endpoint(target)
-            await loop.create_connection(lambda: endpoint, sock=sock)  # noqa: B023
+            async with asyncio.timeout(timeout):
+                if needs_own_socket:
+                    sock = socket.socket(target.family, socket.SOCK_STREAM)
+                    sock.setblocking(False)
+                    apply_socket_options(sock, socket_options, "r")
+                    await loop.sock_connect(sock, target.sockaddr)
+                    await loop.create_connection(lambda: endpoint, sock=sock)  # noqa: B023
+                else:
+                    # The event loop makes and connects the socket itself: fewer steps.
+                    host, port = target.sockaddr[0], target.sockaddr[1]
+                    await loop.create_connection(lambda: endpoint, host, port)  # noqa: B023
         except TimeoutError:
-            sock.close()
+            _close(sock)
             attempts.append(f"{target}: no answer within {timeout:g} s")
             log(ERR, f"s_connect: s_poll_wait {target}: TIMEOUTconnect exceeded")
             continue
         except OSError as exc:
-            sock.close()
+            _close(sock)
             # asyncio puts "Connect call failed (...)" in strerror; say what errno means.
             why = f"{os.strerror(exc.errno)} ({exc.errno})" if exc.errno else str(exc)
             attempts.append(f"{target}: {why}")
             log(ERR, f"s_connect: connect {target}: {why}")
             continue
         except BaseException:
-            sock.close()
+            _close(sock)
             raise
-        log(NOTICE, f"s_connect: connected {target}")
+        if log.enabled(NOTICE):
+            log(NOTICE, f"s_connect: connected {target}")
         return endpoint, target
     log(ERR, "No more addresses to connect")
     raise UpstreamFailed(attempts)
