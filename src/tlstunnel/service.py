@@ -42,7 +42,7 @@ class ServiceRuntime:
         self.connections: set[Connection] = set()
         self.has_local_socket_options = any(o.side == "l" for o in config.socket_options)
 
-    def accept(self) -> asyncio.Protocol:
+    def accept(self) -> asyncio.BaseProtocol:
         """Protocol factory for the listener: the client-facing endpoint."""
         endpoint: Endpoint
         if self.config.client:

@@ -30,10 +30,13 @@ from typing import Protocol, cast
 
 from tlstunnel.tls.errors import describe_tls_error
 
-# One scratch buffer per process for decrypted data: OpenSSL writes each record into it
-# and we copy the filled part out once per socket read.  The event loop runs callbacks
-# one at a time, so sharing is safe, and the copy means a transport never keeps a view
-# of memory we will reuse.
+# Two scratch buffers per process, so an idle connection holds none of its own.
+# Sockets are read straight into _RECEIVE (asyncio's BufferedProtocol): the loop calls
+# get_buffer, reads, and calls buffer_updated with no other callback in between, so one
+# buffer serves every connection.  Decrypted records are gathered in _DECRYPT and copied
+# out once per socket read; that copy is what lets a transport keep what we pass to
+# write() while the buffer is reused.
+_RECEIVE = memoryview(bytearray(256 * 1024))
 _DECRYPT_BUFFER = bytearray(256 * 1024)
 _DECRYPT_VIEW = memoryview(_DECRYPT_BUFFER)
 _RECORD_MAX = 16 * 1024
@@ -63,8 +66,12 @@ def set_nodelay(transport: asyncio.BaseTransport) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-class Endpoint(asyncio.Protocol):
-    """State shared by both kinds: the peer, held data, EOF flags, byte counts."""
+class Endpoint(asyncio.BufferedProtocol):
+    """State shared by both kinds: the peer, held data, EOF flags, byte counts.
+
+    ``send(data)`` may be given a view of a shared buffer: it is valid only during the
+    call, so an endpoint that keeps data past it must copy it.
+    """
 
     __slots__ = (
         "_held",
@@ -160,7 +167,13 @@ class Endpoint(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
-    def send(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return _RECEIVE
+
+    def buffer_updated(self, nbytes: int) -> None:
+        raise NotImplementedError
+
+    def send(self, data: bytes | memoryview) -> None:
         raise NotImplementedError
 
     def send_eof(self) -> None:
@@ -171,10 +184,10 @@ class Endpoint(asyncio.Protocol):
 
     # -- delivering what we read -----------------------------------------------------
 
-    def _deliver(self, data: bytes) -> None:
+    def _deliver(self, data: bytes | memoryview) -> None:
         peer = self.peer
         if peer is None:
-            self._held.append(data)
+            self._held.append(bytes(data))
             return
         peer.send(data)
         relay = self.relay
@@ -200,19 +213,19 @@ class PlainEndpoint(Endpoint):
 
     __slots__ = ()
 
-    def data_received(self, data: bytes) -> None:
-        self._deliver(data)
+    def buffer_updated(self, nbytes: int) -> None:
+        self._deliver(_RECEIVE[:nbytes])
 
     def eof_received(self) -> bool:
         self._finish_read()
         return True  # keep the socket open: we may still have to write to it
 
-    def send(self, data: bytes) -> None:
+    def send(self, data: bytes | memoryview) -> None:
         transport = self.transport
         if transport is None or self.write_done:
             return
         self.bytes_sent += len(data)
-        transport.write(data)
+        transport.write(data if isinstance(data, bytes) else bytes(data))
 
     def send_eof(self) -> None:
         if self.write_done:
@@ -267,8 +280,8 @@ class TLSEndpoint(Endpoint):
         if not self.sslobj.server_side:
             self._step_handshake()  # a client speaks first: send the ClientHello
 
-    def data_received(self, data: bytes) -> None:
-        self._incoming.write(data)
+    def buffer_updated(self, nbytes: int) -> None:
+        self._incoming.write(_RECEIVE[:nbytes])
         if not self._established:
             self._step_handshake()
             if not self._established:
@@ -364,12 +377,12 @@ class TLSEndpoint(Endpoint):
         if finished:
             self._finish_read()
 
-    def send(self, data: bytes) -> None:
+    def send(self, data: bytes | memoryview) -> None:
         transport = self.transport
         if transport is None or self.write_done:
             return
         self.bytes_sent += len(data)
-        self.sslobj.write(data)
+        self.sslobj.write(data)  # copies: the view may be reused once we return
         transport.write(self._outgoing.read())
 
     def send_eof(self) -> None:

@@ -63,7 +63,7 @@ class Listener:
         self.address = address
         self.sock = sock
         self.display = bound_address(sock)
-        self.on_accept: Callable[[], asyncio.Protocol] | None = None
+        self.on_accept: Callable[[], asyncio.BaseProtocol] | None = None
         self._server: asyncio.base_events.Server | None = None
 
     def key(self) -> tuple[str, int]:
@@ -79,7 +79,7 @@ class Listener:
             return
         loop = asyncio.get_running_loop()
 
-        def make_protocol() -> asyncio.Protocol:
+        def make_protocol() -> asyncio.BaseProtocol:
             assert self.on_accept is not None
             return self.on_accept()
 
