@@ -206,6 +206,7 @@ def run(invocation: Invocation) -> int:
         StartupError,
         daemonize,
         drop_privileges,
+        hold_signals_until_serving,
         new_event_loop,
         prepare,
         raise_file_limit,
@@ -244,14 +245,9 @@ def run(invocation: Invocation) -> int:
         log(NOTICE, f"Configuration {config.source} is valid: {len(config.services)} service(s)")
         return EXIT_OK
 
-    try:
-        log.configure(config.globals)
-    except OSError as exc:
-        log(ERR, f"Cannot open log file {config.globals.output}: {exc.strerror}")
-        log(ERR, "Configuration failed")
-        return EXIT_FAILURE
     log(NOTICE, "Configuration successful")
     raise_file_limit()
+    hold_signals_until_serving()
     loader = None if invocation.fd is not None else _file_loader(invocation.path)
     server = Server(config, runtimes, log, loader)
     try:
@@ -263,6 +259,14 @@ def run(invocation: Invocation) -> int:
         return EXIT_FAILURE
     except (OSError, KeyError) as exc:
         log(ERR, f"Cannot drop privileges: {exc}")
+        return EXIT_FAILURE
+    # stunnel's order: bind and drop privileges while failures still reach the
+    # terminal, then open the log file as the final user (so that SIGUSR1 can reopen
+    # it), and only then daemonize.
+    try:
+        log.configure(config.globals)
+    except OSError as exc:
+        log(ERR, f"Cannot open log file {config.globals.output}: {exc.strerror}")
         return EXIT_FAILURE
     if config.globals.foreground is Foreground.NO:
         daemonize()

@@ -274,6 +274,15 @@ class Server:
 # -- process-level helpers (POSIX parts guarded) ---------------------------------------
 
 
+def hold_signals_until_serving() -> None:
+    """Until the loop installs its handlers, a reload or log signal must not kill us (their
+    default action is to terminate); ignore them for that short while."""
+    for name in ("SIGHUP", "SIGUSR1", "SIGUSR2"):
+        signum = getattr(signal, name, None)
+        if signum is not None:
+            signal.signal(signum, signal.SIG_IGN)
+
+
 def raise_file_limit() -> None:
     """Each connection needs two descriptors: lift the soft limit to the hard one."""
     try:

@@ -214,8 +214,9 @@ class Connection:
             log(WARNING, f"Rejected peer certificate: {reason}")
             endpoint.abort()
             raise PeerRefused(reason)
-        if log.enabled(INFO):
+        if log.enabled(NOTICE):
             self._log_peer(sslobj)
+        if log.enabled(INFO):
             session = (
                 "previous session reused" if sslobj.session_reused else "new session negotiated"
             )
@@ -233,7 +234,9 @@ class Connection:
                 self.log(INFO, "No peer certificate received")
             return
         subject = ", ".join(
-            f"{pair[0]}={pair[1]}" for rdn in peer.get("subject", ()) for pair in rdn
+            f"{_SHORT_NAMES.get(pair[0], pair[0])}={pair[1]}"
+            for rdn in peer.get("subject", ())
+            for pair in rdn
         )
         self.log(NOTICE, f"Certificate accepted at depth=0: {subject}")
 
@@ -268,6 +271,19 @@ class Connection:
         self.client.abort()
         if upstream is not None:
             upstream.abort()
+
+
+# OpenSSL's short attribute names, as stunnel prints subjects ("O=Example, CN=host").
+_SHORT_NAMES = {
+    "commonName": "CN",
+    "countryName": "C",
+    "localityName": "L",
+    "stateOrProvinceName": "ST",
+    "organizationName": "O",
+    "organizationalUnitName": "OU",
+    "domainComponent": "DC",
+    "userId": "UID",
+}
 
 
 class PeerRefused(Exception):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import socket
 import struct
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -24,8 +25,15 @@ class SocketOptionSpec:
     kind: str  # "int", "linger", "time", "string"
 
 
+# Constants the socket module of some Python versions lacks (IP_FREEBIND arrived in
+# 3.12), with their values from the Linux headers.
+_LINUX_FALLBACKS = {"IP_FREEBIND": 15}
+
+
 def _const(name: str) -> int | None:
     value = getattr(socket, name, None)
+    if value is None and sys.platform.startswith("linux"):
+        value = _LINUX_FALLBACKS.get(name)
     return value if isinstance(value, int) else None
 
 
@@ -115,7 +123,7 @@ def os_default(spec: SocketOptionSpec) -> str:
     except OSError:
         return "--"
     numeric = ("SO_RCVBUF", "SO_SNDBUF", "SO_RCVLOWAT", "SO_SNDLOWAT")
-    if spec.name in numeric or spec.name.startswith(("TCP_KEEP", "IP_")):
+    if spec.name in numeric or spec.name.startswith(("TCP_KEEP", "IP_TOS", "IP_TTL")):
         return str(value)
     return "yes" if value else "no"
 

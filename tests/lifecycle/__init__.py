@@ -1,0 +1,1 @@
+"""Helpers for the process-level tests of the CLI, the server lifecycle and the log."""
