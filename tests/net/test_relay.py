@@ -382,3 +382,36 @@ def test_several_accept_addresses_for_one_service(
         with tls_connect(proc.port("tls", index), pki.ca) as conn:
             conn.sendall(b"n")
             assert conn.recv(1) == b"n"
+
+
+def test_data_sent_before_the_upstream_is_ready_is_held_not_hoarded(
+    tunnel: TunnelFactory,
+) -> None:
+    """Client mode, an upstream that accepts TCP but never answers the TLS handshake:
+    the plaintext client's data is held, and past a small limit reading stops, so the
+    client is held back instead of the tunnel buffering without bound."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    try:
+        proc = tunnel(
+            "[plain]\naccept = 127.0.0.1:0\nclient = yes\n"
+            f"connect = 127.0.0.1:{silent.getsockname()[1]}\nTIMEOUTbusy = 30\n"
+        )
+        pid = proc.process.pid
+        before = _rss_kb(pid)
+        sent = 0
+        with socket.create_connection(("127.0.0.1", proc.port("plain"))) as conn:
+            conn.settimeout(2)
+            block = b"y" * 65536
+            deadline = time.monotonic() + 3
+            while time.monotonic() < deadline:
+                try:
+                    sent += conn.send(block)
+                except TimeoutError:
+                    break
+            grown = _rss_kb(pid) - before
+        assert sent < 32 << 20, f"the tunnel took {sent} bytes it could not forward"
+        assert grown < 16 * 1024, f"tunnel RSS grew {grown} KB while holding data"
+    finally:
+        silent.close()

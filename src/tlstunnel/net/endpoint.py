@@ -40,6 +40,10 @@ _RECEIVE = memoryview(bytearray(256 * 1024))
 _DECRYPT_BUFFER = bytearray(256 * 1024)
 _DECRYPT_VIEW = memoryview(_DECRYPT_BUFFER)
 _RECORD_MAX = 16 * 1024
+# Data that arrives before the other leg exists is held; past this much, reading pauses
+# until it is linked (no pause below it: pausing and resuming cost two system calls on
+# every connection, and most clients send little before their first answer).
+_HOLD_LIMIT = 64 * 1024
 
 
 class RelayEvents(Protocol):
@@ -188,6 +192,8 @@ class Endpoint(asyncio.BufferedProtocol):
         peer = self.peer
         if peer is None:
             self._held.append(bytes(data))
+            if sum(map(len, self._held)) > _HOLD_LIMIT:
+                self.pause_reading()
             return
         peer.send(data)
         relay = self.relay
@@ -321,7 +327,6 @@ class TLSEndpoint(Endpoint):
             return
         self._flush()
         self._established = True
-        self.pause_reading()  # hold further data until the other leg is ready
         if not self.handshake.done():
             self.handshake.set_result(None)
 
