@@ -293,7 +293,7 @@ def test_dead_backend_gives_one_readable_line_and_the_next_client_works(
             assert conn.recv(10) == b""
     log = proc.wait_for_log(r"Connection reset: 0 byte")
     assert f"s_connect: connect 127.0.0.1:{dead_port}: Connection refused (111)" in log
-    assert "No more addresses to connect" in log
+    assert f"No more addresses to connect: 127.0.0.1:{dead_port}: Connection refused" in log
     # The process is still serving: the next client gets the same treatment, no crash.
     with tls_connect(proc.port("tls"), pki.ca) as conn:
         conn.settimeout(5)
@@ -415,3 +415,28 @@ def test_data_sent_before_the_upstream_is_ready_is_held_not_hoarded(
         assert grown < 16 * 1024, f"tunnel RSS grew {grown} KB while holding data"
     finally:
         silent.close()
+
+
+def test_when_every_address_fails_one_line_lists_every_attempt(
+    tunnel: TunnelFactory, pki: PKIFiles
+) -> None:
+    dead = []
+    for _ in range(2):
+        placeholder = socket.socket()
+        placeholder.bind(("127.0.0.1", 0))
+        dead.append(placeholder.getsockname()[1])
+        placeholder.close()
+    config = (
+        "[tls]\naccept = 127.0.0.1:0\n"
+        f"connect = 127.0.0.1:{dead[0]}\nconnect = 127.0.0.1:{dead[1]}\n"
+        f"cert = {pki.server}\n"
+    )
+    proc = tunnel(config)
+    with tls_connect(proc.port("tls"), pki.ca) as conn:
+        conn.settimeout(5)
+        with _closed():
+            conn.recv(1)
+    log = proc.wait_for_log("No more addresses to connect")
+    line = next(x for x in log.splitlines() if "No more addresses to connect" in x)
+    assert f"127.0.0.1:{dead[0]}: Connection refused (111)" in line
+    assert f"127.0.0.1:{dead[1]}: Connection refused (111)" in line

@@ -146,5 +146,6 @@ async def connect_first(
         if log.enabled(NOTICE):
             log(NOTICE, f"s_connect: connected {target}")
         return endpoint, target
-    log(ERR, "No more addresses to connect")
+    # One line that lists every attempt: what an operator needs when a backend is down.
+    log(ERR, f"No more addresses to connect: {'; '.join(attempts) or 'none configured'}")
     raise UpstreamFailed(attempts)
