@@ -204,6 +204,7 @@ def run(invocation: Invocation) -> int:
     from tlstunnel.server import (
         Server,
         StartupError,
+        connection_limit,
         daemonize,
         drop_privileges,
         hold_signals_until_serving,
@@ -213,6 +214,7 @@ def run(invocation: Invocation) -> int:
         remove_pid_file,
         write_pid_file,
     )
+    from tlstunnel.service import ConnectionBudget
 
     for line in banner_lines():
         log(NOTICE, line)
@@ -234,7 +236,8 @@ def run(invocation: Invocation) -> int:
         log(ERR, "Configuration failed")
         return EXIT_FAILURE
     try:
-        runtimes = prepare(config, log)
+        budget = ConnectionBudget(None)
+        runtimes = prepare(config, log, budget)
     except StartupError as exc:
         for message in exc.messages:
             log(ERR, message)
@@ -247,9 +250,11 @@ def run(invocation: Invocation) -> int:
 
     log(NOTICE, "Configuration successful")
     raise_file_limit()
+    budget.limit = connection_limit(config.globals.max_connections)
+    log(7, f"Clients allowed={budget.limit}")
     hold_signals_until_serving()
     loader = None if invocation.fd is not None else _file_loader(invocation.path)
-    server = Server(config, runtimes, log, loader)
+    server = Server(config, runtimes, log, loader, budget)
     try:
         server.bind()
         drop_privileges(config.globals.setuid, config.globals.setgid)

@@ -32,7 +32,7 @@ from tlstunnel.config.errors import ConfigError
 from tlstunnel.config.model import Address, Config
 from tlstunnel.log import EMERG, ERR, INFO, NOTICE, Log
 from tlstunnel.net.listener import Listener, bind_socket, listen_host
-from tlstunnel.service import ServiceRuntime
+from tlstunnel.service import ConnectionBudget, ServiceRuntime
 from tlstunnel.tls.context import TLSSetupError, build_service_tls
 
 
@@ -44,20 +44,25 @@ class StartupError(Exception):
         self.messages = messages
 
 
-def prepare(config: Config, log: Log) -> dict[str, ServiceRuntime]:
-    """Build every service's TLS objects and resolve its targets, collecting all errors."""
+def prepare(
+    config: Config, log: Log, budget: ConnectionBudget | None = None
+) -> dict[str, ServiceRuntime]:
+    """Build every service's TLS objects and resolve its targets, collecting all errors.
+
+    ``budget`` is the process-wide connection cap the services share (it outlives
+    reloads, so connections opened under the old configuration still count)."""
     runtimes: dict[str, ServiceRuntime] = {}
     problems: list[str] = []
     for service in config.services:
         log(INFO, f"Initializing service [{service.name}]")
         try:
             tls = build_service_tls(service)
-            runtime = ServiceRuntime(service, tls, log)
+            runtime = ServiceRuntime(service, tls, log, budget)
         except TLSSetupError as exc:
             problems.append(f"Service [{service.name}]: {exc}")
             continue
         except OSError as exc:
-            problems.append(f"Service [{service.name}]: connect: {exc}")
+            problems.append(f"Service [{service.name}]: connect/local: {exc}")
             continue
         for line in tls.describe_settings():
             log(7, line)
@@ -87,7 +92,9 @@ class Server:
         runtimes: dict[str, ServiceRuntime],
         log: Log,
         loader: Callable[[], Config] | None,
+        budget: ConnectionBudget | None = None,
     ) -> None:
+        self.budget = budget or ConnectionBudget(None)
         self.config = config
         self.runtimes = runtimes
         self.log = log
@@ -95,6 +102,7 @@ class Server:
         self.listeners: dict[ListenerKey, Listener] = {}
         self._retired: list[ServiceRuntime] = []
         self._stopping: asyncio.Event | None = None
+        self._force_stop = asyncio.Event()
         self._reloading = False
         self._background: set[asyncio.Task[None]] = set()
 
@@ -165,12 +173,17 @@ class Server:
         await self._shutdown()
 
     def stop(self) -> None:
-        if self._stopping is not None:
-            self._stopping.set()
+        """First call: stop gracefully (drain); a second one: close everything now."""
+        if self._stopping is None:
+            return
+        if self._stopping.is_set():
+            self._force_stop.set()
+        self._stopping.set()
 
     async def _shutdown(self) -> None:
         for listener in self.listeners.values():
             listener.close()
+        await self._drain(self.config.globals.timeout_drain)
         tasks: list[asyncio.Task[None]] = []
         for runtime in self._all_runtimes():
             tasks.extend(c.task for c in runtime.connections if c.task is not None)
@@ -178,6 +191,29 @@ class Server:
         if tasks:
             await asyncio.wait(tasks, timeout=5)
         self.log(NOTICE, "Terminated")
+
+    async def _drain(self, seconds: float) -> None:
+        """``TIMEOUTdrain``: let live connections finish on their own for a while; a
+        second SIGTERM/SIGINT cuts the wait short."""
+        tasks = [c.task for r in self._all_runtimes() for c in r.connections if c.task is not None]
+        if seconds <= 0 or not tasks:
+            return
+        self.log(NOTICE, f"Waiting up to {seconds:g} s for {len(tasks)} connection(s) to finish")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        forced: asyncio.Future[object] = asyncio.ensure_future(self._force_stop.wait())
+        pending: set[asyncio.Future[object]] = {*tasks}  # type: ignore[arg-type]
+        while pending and not forced.done() and loop.time() < deadline:
+            _done, pending = await asyncio.wait(
+                pending | {forced},
+                timeout=deadline - loop.time(),
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            pending.discard(forced)
+        forced.cancel()
+        left = sum(1 for task in tasks if not task.done())
+        if left:
+            self.log(NOTICE, f"Closing {left} connection(s) still open after the drain")
 
     def _all_runtimes(self) -> list[ServiceRuntime]:
         self._retired = [r for r in self._retired if r.connections]
@@ -245,7 +281,7 @@ class Server:
         log(NOTICE, "Reloading configuration")
         try:
             config = self._loader()
-            runtimes = prepare(config, log)
+            runtimes = prepare(config, log, self.budget)
             listeners = self._bind_for(config, runtimes, self.listeners)
         except ConfigError as exc:
             for problem in exc.problems:
@@ -264,6 +300,7 @@ class Server:
         self.listeners = listeners
         self.runtimes = runtimes
         self.config = config
+        self.budget.limit = connection_limit(config.globals.max_connections)
         try:
             log.configure(config.globals)
         except OSError as exc:
@@ -281,6 +318,21 @@ def hold_signals_until_serving() -> None:
         signum = getattr(signal, name, None)
         if signum is not None:
             signal.signal(signum, signal.SIG_IGN)
+
+
+def connection_limit(configured: int | None) -> int:
+    """The process-wide cap: global ``maxConnections`` if set, else what the descriptor
+    limit allows (two per connection, some kept for listeners, logs and the resolver)."""
+    if configured is not None:
+        return configured
+    try:
+        import resource
+    except ImportError:  # Windows: no descriptor limit to derive from
+        return 1 << 20
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 1 << 20
+    return max(1, (soft - 64) // 2)
 
 
 def raise_file_limit() -> None:

@@ -23,20 +23,47 @@ from tlstunnel.log import DEBUG, ERR, INFO, NOTICE, WARNING, ConnectionLog, Log
 from tlstunnel.net.endpoint import Endpoint, HandshakeFailed, PlainEndpoint, TLSEndpoint
 from tlstunnel.net.relay import Relay
 from tlstunnel.net.sockopts import apply_socket_options
-from tlstunnel.net.upstream import Target, UpstreamFailed, connect_first, resolve, resolve_async
+from tlstunnel.net.upstream import (
+    Target,
+    UpstreamFailed,
+    connect_first,
+    resolve,
+    resolve_async,
+    resolve_local,
+)
 from tlstunnel.tls.context import ServiceTLS
 
 _connection_ids = itertools.count()
 
 
+class ConnectionBudget:
+    """The cap on open connections for the whole process (global ``maxConnections``, or
+    what RLIMIT_NOFILE allows: each connection holds two descriptors)."""
+
+    def __init__(self, limit: int | None) -> None:
+        self.limit = limit
+        self.open = 0
+
+    def full(self) -> bool:
+        return self.limit is not None and self.open >= self.limit
+
+
 class ServiceRuntime:
     """A service's settings, TLS objects, resolved targets and live connections."""
 
-    def __init__(self, config: ServiceConfig, tls: ServiceTLS, log: Log) -> None:
+    def __init__(
+        self,
+        config: ServiceConfig,
+        tls: ServiceTLS,
+        log: Log,
+        budget: ConnectionBudget | None = None,
+    ) -> None:
         self.config = config
         self.tls = tls
         self.log = log
+        self.budget = budget or ConnectionBudget(None)
         self.targets: list[Target] = [] if config.delay else resolve(config.connect)
+        self.local_addresses = resolve_local(config.local) if config.local else None
         self._next_target = 0
         self.sessions: dict[Target, ssl.SSLSession] = {}  # client mode resumption
         self.connections: set[Connection] = set()
@@ -49,13 +76,35 @@ class ServiceRuntime:
             endpoint = PlainEndpoint()
         else:
             endpoint = TLSEndpoint(self.tls.context, server_side=True)
+        endpoint.reset_on_abort = self.config.reset
         endpoint.when_connected(self._start_connection)
         return endpoint
 
     def _start_connection(self, endpoint: Endpoint) -> None:
+        limit = self.config.max_connections
+        if limit is not None and len(self.connections) >= limit:
+            self._refuse(endpoint, f"maxConnections = {limit} for this service reached")
+            return
+        if self.budget.full():
+            self._refuse(endpoint, f"the process-wide limit of {self.budget.limit} reached")
+            return
         connection = Connection(self, endpoint)
         self.connections.add(connection)
+        self.budget.open += 1
         connection.task = asyncio.get_running_loop().create_task(connection.run())
+
+    def _refuse(self, endpoint: Endpoint, why: str) -> None:
+        """Full: close at once (a FIN, before any TLS work) and say so in one line."""
+        self.log(
+            WARNING,
+            f"Service [{self.config.name}]: connection from {_peer_name(endpoint)} refused: {why}",
+        )
+        endpoint.close()
+
+    def finished(self, connection: Connection) -> None:
+        if connection in self.connections:
+            self.connections.discard(connection)
+            self.budget.open -= 1
 
     def next_start_index(self) -> int:
         """Where failover starts: always the first target for prio, rotating for rr."""
@@ -125,7 +174,7 @@ class Connection:
                 assert isinstance(self.client, TLSEndpoint)
                 tls_side = self.client
                 await self._handshake(tls_side, "SSL_accept", "TLS accepted")
-                upstream, _target = await self._connect(lambda _target: PlainEndpoint())
+                upstream, _target = await self._connect(self._make_plain)
             self.relay = Relay(
                 self.client,
                 upstream,
@@ -162,7 +211,7 @@ class Connection:
             self._abort(upstream)
             log(ERR, f"Internal error, connection closed: {type(exc).__name__}: {exc}")
         finally:
-            self.service.connections.discard(self)
+            self.service.finished(self)
 
     # -- steps ---------------------------------------------------------------------------
 
@@ -170,12 +219,14 @@ class Connection:
         service = self.service
 
         def make_tls(target: Target) -> Endpoint:
-            return TLSEndpoint(
+            endpoint = TLSEndpoint(
                 service.tls.context,
                 server_side=False,
                 server_hostname=service.tls.server_hostname(self._sni_host()),
                 session=service.sessions.get(target),
             )
+            endpoint.reset_on_abort = service.config.reset
+            return endpoint
 
         upstream, target = await self._connect(make_tls)
         assert isinstance(upstream, TLSEndpoint)
@@ -240,6 +291,11 @@ class Connection:
         )
         self.log(NOTICE, f"Certificate accepted at depth=0: {subject}")
 
+    def _make_plain(self, _target: Target) -> Endpoint:
+        endpoint = PlainEndpoint()
+        endpoint.reset_on_abort = self.service.config.reset
+        return endpoint
+
     async def _connect(
         self, make_endpoint: Callable[[Target], Endpoint]
     ) -> tuple[Endpoint, Target]:
@@ -252,6 +308,7 @@ class Connection:
             make_endpoint,
             timeout=config.timeout_connect,
             socket_options=config.socket_options,
+            local=service.local_addresses,
             log=self.log,
         )
         if self.log.enabled(NOTICE):

@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import socket
 import ssl
+import struct
 from collections.abc import Callable
 from typing import Protocol, cast
 
@@ -44,6 +45,8 @@ _RECORD_MAX = 16 * 1024
 # until it is linked (no pause below it: pausing and resuming cost two system calls on
 # every connection, and most clients send little before their first answer).
 _HOLD_LIMIT = 64 * 1024
+# SO_LINGER on with a zero timeout: close() sends RST instead of FIN.
+_LINGER_RESET = struct.pack("ii", 1, 0)
 
 
 class RelayEvents(Protocol):
@@ -88,6 +91,7 @@ class Endpoint(asyncio.BufferedProtocol):
         "peer",
         "read_done",
         "relay",
+        "reset_on_abort",
         "transport",
         "write_done",
     )
@@ -105,6 +109,9 @@ class Endpoint(asyncio.BufferedProtocol):
         self.closed = False  # connection_lost has run
         self.lost_exc: BaseException | None = None
         self.bytes_sent = 0  # plaintext bytes written to this side
+        # stunnel's ``reset = yes``: a connection that fails ends with a TCP RST, so the
+        # peer cannot mistake it for a clean end of data.
+        self.reset_on_abort = True
 
     # -- asyncio.Protocol ------------------------------------------------------------
 
@@ -168,8 +175,16 @@ class Endpoint(asyncio.BufferedProtocol):
             self.transport.close()
 
     def abort(self) -> None:
-        if self.transport is not None:
-            self.transport.abort()
+        """Drop the connection now, unsent data included (an error or a deadline)."""
+        transport = self.transport
+        if transport is None:
+            return
+        if self.reset_on_abort and not transport.is_closing():
+            sock = transport.get_extra_info("socket")
+            if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+        transport.abort()
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return _RECEIVE

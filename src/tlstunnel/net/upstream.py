@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from tlstunnel.config.model import Address, SocketOption
@@ -83,6 +83,18 @@ async def resolve_async(addresses: Sequence[Address]) -> list[Target]:
     return targets
 
 
+def resolve_local(name: str) -> dict[int, str]:
+    """``local = HOST``: the source address to bind, per address family.
+
+    Raises ``OSError`` when the name does not resolve.
+    """
+    infos = socket.getaddrinfo(name, 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    found: dict[int, str] = {}
+    for family, _type, _proto, _name, sockaddr in infos:
+        found.setdefault(family, str(sockaddr[0]))
+    return found
+
+
 def _close(sock: socket.socket | None) -> None:
     if sock is not None:
         sock.close()
@@ -96,17 +108,21 @@ async def connect_first(
     timeout: float,
     socket_options: Sequence[SocketOption],
     log: ConnectionLog,
+    local: Mapping[int, str] | None = None,
 ) -> tuple[Endpoint, Target]:
     """Connect to the first target that answers, starting at index ``start``.
 
     ``make_endpoint(target)`` builds the protocol for the socket, so a TLS client can
-    offer the session it cached for that very target.
+    offer the session it cached for that very target.  ``local`` maps an address family
+    to the source address to bind (``local = HOST``).
     """
     loop = asyncio.get_running_loop()
     # Our own socket only when there is something to set before connecting, or an IPv6
     # scope id that a host string would lose.
-    needs_own_socket = any(option.side == "r" for option in socket_options) or any(
-        len(target.sockaddr) == 4 and target.sockaddr[3] for target in targets
+    needs_own_socket = (
+        local is not None
+        or any(option.side == "r" for option in socket_options)
+        or any(len(target.sockaddr) == 4 and target.sockaddr[3] for target in targets)
     )
     attempts: list[str] = []
     count = len(targets)
@@ -122,6 +138,11 @@ async def connect_first(
                     sock = socket.socket(target.family, socket.SOCK_STREAM)
                     sock.setblocking(False)
                     apply_socket_options(sock, socket_options, "r")
+                    if local is not None:
+                        source = local.get(target.family)
+                        if source is None:
+                            raise OSError(f"local has no address of the family of {target}")
+                        sock.bind((source, 0))
                     await loop.sock_connect(sock, target.sockaddr)
                     await loop.create_connection(lambda: endpoint, sock=sock)  # noqa: B023
                 else:
