@@ -25,13 +25,17 @@ import contextlib
 import gc
 import os
 import signal
+import socket
 import sys
 from collections.abc import Callable
 
+from tlstunnel import systemd
 from tlstunnel.config.errors import ConfigError
-from tlstunnel.config.model import Address, Config
-from tlstunnel.log import EMERG, ERR, INFO, NOTICE, Log
-from tlstunnel.net.listener import Listener, bind_socket, listen_host
+from tlstunnel.config.model import Address, Config, Foreground, ServiceConfig
+from tlstunnel.log import EMERG, ERR, INFO, NOTICE, WARNING, Log
+from tlstunnel.net.listener import LISTEN_BACKLOG, Listener, bind_socket, listen_host
+from tlstunnel.net.sockopts import apply_socket_options
+from tlstunnel.net.unix import bind_unix_socket, remove_socket_file
 from tlstunnel.service import ConnectionBudget, ServiceRuntime
 from tlstunnel.tls.context import TLSSetupError, build_service_tls
 
@@ -77,7 +81,34 @@ def prepare(
 ListenerKey = tuple[str, str, int]
 
 
+def _bind(address: Address, service: ServiceConfig) -> socket.socket:
+    if address.path is not None:
+        return bind_unix_socket(
+            address.path,
+            service.socket_options,
+            LISTEN_BACKLOG,
+            user=service.socket_user,
+            group=service.socket_group,
+        )
+    return bind_socket(address, service.socket_options)
+
+
+def _os_reason(exc: OSError | KeyError) -> str:
+    if isinstance(exc, KeyError):
+        return f"no such user or group: {exc.args[0]}"
+    return f"{exc.strerror} ({exc.errno})" if exc.strerror else str(exc)
+
+
+def close_listener(listener: Listener) -> None:
+    """Stop accepting; a Unix socket's file goes too."""
+    listener.close()
+    if listener.address.path is not None:
+        remove_socket_file(listener.address.path)
+
+
 def listener_key(service: str, index: int, address: Address) -> ListenerKey:
+    if address.path is not None:
+        return ("unix", address.path, 0)
     if address.port == 0:
         return (f"{service}#{index}", listen_host(address), 0)
     return ("", listen_host(address), address.port)
@@ -105,12 +136,44 @@ class Server:
         self._force_stop = asyncio.Event()
         self._reloading = False
         self._background: set[asyncio.Task[None]] = set()
+        # systemd: notifications (inert without NOTIFY_SOCKET) and the listening
+        # sockets it passed us (socket activation), adopted by address in _bind_for.
+        self.notifier = systemd.Notifier.from_environment()
+        self._inherited = systemd.InheritedSockets([])
+        self._adopted: set[socket.socket] = set()
 
     # -- binding ---------------------------------------------------------------------------
 
     def bind(self) -> None:
-        """Bind every ``accept`` address (at start).  Raises StartupError, binding nothing."""
-        self.listeners = self._bind_for(self.config, self.runtimes, {})
+        """Bind every ``accept`` address (at start).  Raises StartupError, binding nothing.
+
+        Listening sockets passed by systemd (socket activation) are adopted by the
+        service whose address they are bound to; the others are closed."""
+        self._inherited = systemd.InheritedSockets.from_environment()
+        try:
+            self.listeners = self._bind_for(self.config, self.runtimes, {})
+        finally:
+            for warning in self._inherited.close_unclaimed():
+                self.log(WARNING, warning)
+
+    def _adopt(self, address: Address, service: ServiceConfig) -> socket.socket | None:
+        """The listening socket systemd passed us for this TCP ``address``, if any."""
+        if address.path is not None:
+            return None
+        inherited = self._inherited.take(listen_host(address), address.port)
+        if inherited is None or inherited.sock is None:
+            return None
+        for option in service.socket_options:
+            try:
+                apply_socket_options(inherited.sock, [option], "a")
+            except OSError as exc:
+                self.log(
+                    WARNING,
+                    f"Service [{service.name}]: socket = a:{option.name} not set on "
+                    f"{inherited.describe()} from systemd ({exc}); set it in the .socket unit",
+                )
+        self._adopted.add(inherited.sock)
+        return inherited.sock
 
     def _bind_for(
         self,
@@ -133,19 +196,21 @@ class Server:
                 listener = existing.get(key)
                 if listener is None:
                     try:
-                        sock = bind_socket(address, service.socket_options)
-                    except OSError as exc:
-                        why = f"{exc.strerror} ({exc.errno})" if exc.strerror else str(exc)
+                        sock = self._adopt(address, service) or _bind(address, service)
+                    except (OSError, KeyError) as exc:
+                        why = _os_reason(exc)
                         problems.append(
                             f"Error binding service [{service.name}] to {address}: {why}"
                         )
                         continue
                     listener = Listener(address, sock)
+                    if address.path is not None:
+                        listener.display = address.path
                     fresh.append(listener)
                 wanted[key] = listener
         if problems:
             for listener in fresh:
-                listener.close()
+                close_listener(listener)
             raise StartupError(problems)
         for service in config.services:
             for index, address in enumerate(service.accept):
@@ -154,7 +219,8 @@ class Server:
                 self.log(
                     INFO,
                     f"Service [{service.name}] (FD={listener.sock.fileno()}) bound to "
-                    f"{listener.display}",
+                    f"{listener.display}"
+                    + (" (from systemd)" if listener.sock in self._adopted else ""),
                 )
         return wanted
 
@@ -169,8 +235,26 @@ class Server:
         # walking it again and again while connections come and go.
         gc.freeze()
         self.log(INFO, "Accepting new connections")
-        await self._stopping.wait()
-        await self._shutdown()
+        if self.config.globals.foreground is Foreground.NO and systemd.under_notify_supervision():
+            self.log(
+                WARNING,
+                "foreground = no is ignored under systemd (NOTIFY_SOCKET is set): staying "
+                "in the foreground, where the service manager can follow this process",
+            )
+        self.notifier.ready(f"Accepting connections on {self._listening()}")
+        watchdog = systemd.Watchdog.from_environment(self.notifier)
+        if watchdog is not None:
+            watchdog.start()  # pings from this loop: a stalled loop stops them
+        try:
+            await self._stopping.wait()
+            self.notifier.stopping("Stopping: closing listeners and connections")
+            await self._shutdown()
+        finally:
+            if watchdog is not None:
+                watchdog.stop()
+
+    def _listening(self) -> str:
+        return f"{len(self.listeners)} listener(s)"
 
     def stop(self) -> None:
         """First call: stop gracefully (drain); a second one: close everything now."""
@@ -182,7 +266,7 @@ class Server:
 
     async def _shutdown(self) -> None:
         for listener in self.listeners.values():
-            listener.close()
+            close_listener(listener)
         await self._drain(self.config.globals.timeout_drain)
         tasks: list[asyncio.Task[None]] = []
         for runtime in self._all_runtimes():
@@ -266,18 +350,25 @@ class Server:
         if self._reloading:
             return
         self._reloading = True
-        try:
-            self._reload()
+        self.notifier.reloading("Reloading the configuration")
+        outcome = "Reload failed, still running the previous configuration"
+        try:  # systemd waits for READY=1 after RELOADING=1, whatever happens
+            try:
+                if self._reload():
+                    outcome = "Configuration reloaded"
+            finally:
+                self._reloading = False
+            for listener in list(self.listeners.values()):
+                await listener.start()  # the ones a reload bound anew
         finally:
-            self._reloading = False
-        for listener in list(self.listeners.values()):
-            await listener.start()  # the ones a reload bound anew
+            self.notifier.ready(f"{outcome}; accepting connections on {self._listening()}")
 
-    def _reload(self) -> None:
+    def _reload(self) -> bool:
+        """True when the new configuration took over."""
         log = self.log
         if self._loader is None:
             log(ERR, "Cannot reload: the configuration was read from a descriptor")
-            return
+            return False
         log(NOTICE, "Reloading configuration")
         try:
             config = self._loader()
@@ -287,15 +378,15 @@ class Server:
             for problem in exc.problems:
                 log(ERR, str(problem))
             log(ERR, "Configuration failed; still running the previous configuration")
-            return
+            return False
         except StartupError as exc:
             for message in exc.messages:
                 log(ERR, message)
             log(ERR, "Configuration failed; still running the previous configuration")
-            return
+            return False
         for key, listener in self.listeners.items():
             if listeners.get(key) is not listener:
-                listener.close()
+                close_listener(listener)
         self._retired.extend(r for r in self.runtimes.values() if r.connections)
         self.listeners = listeners
         self.runtimes = runtimes
@@ -306,6 +397,7 @@ class Server:
         except OSError as exc:
             log(ERR, f"Cannot open log file {config.globals.output}: {exc.strerror}")
         log(NOTICE, "Configuration successful")
+        return True
 
 
 # -- process-level helpers (POSIX parts guarded) ---------------------------------------
@@ -365,9 +457,14 @@ def remove_pid_file(path: str) -> None:
 
 
 def daemonize() -> None:
-    """Detach from the terminal (``foreground = no``): fork, new session, fork again."""
+    """Detach from the terminal (``foreground = no``): fork, new session, fork again.
+
+    Not under systemd's ``Type=notify``: it follows the process it started (MAINPID,
+    NotifyAccess=main), so a daemon's fork would look like the service exiting."""
     if sys.platform == "win32" or not hasattr(os, "fork"):
         return
+    if systemd.under_notify_supervision():
+        return  # Server.serve says so in the log
     if os.fork() > 0:
         os._exit(0)
     os.setsid()

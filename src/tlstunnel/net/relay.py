@@ -97,10 +97,16 @@ class Relay:
     def lost(self, endpoint: Endpoint, exc: BaseException | None) -> None:
         if self.done.done():
             return
-        if exc is not None:
+        gone_after_eof = endpoint.read_done and isinstance(
+            exc, (BrokenPipeError, ConnectionResetError)
+        )
+        if exc is not None and not gone_after_eof:
             self._reason = self._reason or _describe_os_error(exc)
             self._abort_both()
             return
+        # A peer that had finished sending and then closed its socket entirely (so our
+        # last writes met EPIPE or RST) ended the connection, it did not break it;
+        # stunnel logs this as closed too.
         # Closed without an error: whatever this side sent has been forwarded, but it
         # can no longer receive, so the tunnel ends once the peer has flushed.
         peer = self.b if endpoint is self.a else self.a

@@ -27,11 +27,16 @@ class Target:
     """One resolved address to connect to."""
 
     family: int
-    sockaddr: tuple[str, int] | tuple[str, int, int, int]
+    sockaddr: tuple[str, int] | tuple[str, int, int, int] | str  # str: a Unix socket path
 
     def __str__(self) -> str:
+        if isinstance(self.sockaddr, str):
+            return self.sockaddr
         host, port = self.sockaddr[0], self.sockaddr[1]
         return f"[{host}]:{port}" if self.family == socket.AF_INET6 else f"{host}:{port}"
+
+
+_AF_UNIX: int = getattr(socket, "AF_UNIX", -1)
 
 
 class UpstreamFailed(Exception):
@@ -54,6 +59,9 @@ def resolve(addresses: Sequence[Address]) -> list[Target]:
     """
     targets: list[Target] = []
     for address in addresses:
+        if address.path is not None:
+            targets.append(Target(_AF_UNIX, address.path))
+            continue
         host = connect_host(address)
         try:
             infos = socket.getaddrinfo(host, address.port, type=socket.SOCK_STREAM)
@@ -71,6 +79,9 @@ async def resolve_async(addresses: Sequence[Address]) -> list[Target]:
     loop = asyncio.get_running_loop()
     targets: list[Target] = []
     for address in addresses:
+        if address.path is not None:
+            targets.append(Target(_AF_UNIX, address.path))
+            continue
         host = connect_host(address)
         try:
             infos = await loop.getaddrinfo(host, address.port, type=socket.SOCK_STREAM)
@@ -122,7 +133,10 @@ async def connect_first(
     needs_own_socket = (
         local is not None
         or any(option.side == "r" for option in socket_options)
-        or any(len(target.sockaddr) == 4 and target.sockaddr[3] for target in targets)
+        or any(
+            isinstance(t.sockaddr, tuple) and len(t.sockaddr) == 4 and t.sockaddr[3]
+            for t in targets
+        )
     )
     attempts: list[str] = []
     count = len(targets)
@@ -134,7 +148,9 @@ async def connect_first(
         try:
             endpoint = make_endpoint(target)
             async with asyncio.timeout(timeout):
-                if needs_own_socket:
+                if isinstance(target.sockaddr, str):
+                    await loop.create_unix_connection(lambda: endpoint, target.sockaddr)  # noqa: B023
+                elif needs_own_socket:
                     sock = socket.socket(target.family, socket.SOCK_STREAM)
                     sock.setblocking(False)
                     apply_socket_options(sock, socket_options, "r")
