@@ -7,6 +7,7 @@ the log gives for it.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import socket
 import ssl
@@ -146,10 +147,8 @@ def test_a_second_sigterm_cuts_the_drain_short(
         closed = threading.Event()
 
         def watch() -> None:
-            try:
+            with contextlib.suppress(OSError):
                 live.recv(1)
-            except OSError:
-                pass
             closed.set()
 
         watcher = threading.Thread(target=watch, daemon=True)
