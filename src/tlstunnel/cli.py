@@ -207,11 +207,14 @@ def run(invocation: Invocation) -> int:
         connection_limit,
         daemonize,
         drop_privileges,
+        enter_chroot,
         hold_signals_until_serving,
         new_event_loop,
+        preload_modules,
         prepare,
         raise_file_limit,
         remove_pid_file,
+        resolve_ids,
         write_pid_file,
     )
     from tlstunnel.service import ConnectionBudget
@@ -257,13 +260,16 @@ def run(invocation: Invocation) -> int:
     server = Server(config, runtimes, log, loader, budget)
     try:
         server.bind()
-        drop_privileges(config.globals.setuid, config.globals.setgid)
+        uid, gid = resolve_ids(config.globals.setuid, config.globals.setgid)
+        preload_modules()
+        enter_chroot(config.globals.chroot)
+        drop_privileges(uid, gid)
     except StartupError as exc:
         for message in exc.messages:
             log(ERR, message)
         return EXIT_FAILURE
     except (OSError, KeyError) as exc:
-        log(ERR, f"Cannot drop privileges: {exc}")
+        log(ERR, f"Cannot chroot or drop privileges: {exc}")
         return EXIT_FAILURE
     # stunnel's order: bind and drop privileges while failures still reach the
     # terminal, then open the log file as the final user (so that SIGUSR1 can reopen

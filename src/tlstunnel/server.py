@@ -21,6 +21,7 @@ Signals (POSIX; Windows gets Ctrl-C only):
 from __future__ import annotations
 
 import asyncio
+import codecs
 import contextlib
 import gc
 import os
@@ -478,22 +479,49 @@ def daemonize() -> None:
         os.close(devnull)
 
 
-def drop_privileges(user: str | None, group: str | None) -> None:
-    """``setgid``/``setuid`` after binding.  Raises OSError/KeyError with the reason."""
-    if user is None and group is None:
+def enter_chroot(directory: str | None) -> None:
+    """``chroot``: confine the process once its sockets are bound and its certificates
+    read.  From here on the pid file, the log file and a reloaded configuration are
+    looked up inside the jail, as with stunnel."""
+    if directory is None:
         return
+    if sys.platform == "win32" or not hasattr(os, "chroot"):
+        raise OSError("chroot is not available on this platform")
+    os.chroot(directory)
+    os.chdir("/")
+
+
+def resolve_ids(user: str | None, group: str | None) -> tuple[int | None, int | None]:
+    """The numeric ids for ``setuid``/``setgid``, looked up while /etc is still visible
+    (before ``chroot``).  Raises KeyError for an unknown name."""
+    if user is None and group is None:
+        return None, None
     if sys.platform == "win32":
         raise OSError("setuid/setgid are not available on Windows")
     import grp
     import pwd
 
-    if group is not None:
-        gid = int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
+    gid = None if group is None else int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
+    uid = None if user is None else int(user) if user.isdigit() else pwd.getpwnam(user).pw_uid
+    return uid, gid
+
+
+def drop_privileges(uid: int | None, gid: int | None) -> None:
+    """``setgid``/``setuid`` after binding (and chroot).  Raises OSError with the reason."""
+    if gid is not None:
         os.setgroups([gid])
         os.setgid(gid)
-    if user is not None:
-        uid = int(user) if user.isdigit() else pwd.getpwnam(user).pw_uid
+    if uid is not None:
         os.setuid(uid)
+
+
+def preload_modules() -> None:
+    """Import now what is otherwise loaded on first use, before a chroot hides the files
+    it would be loaded from: uvloop, and the codecs behind pid files and SNI (idna)."""
+    with contextlib.suppress(ImportError):
+        import uvloop  # noqa: F401
+    for codec in ("ascii", "idna", "latin-1", "utf-8"):
+        codecs.lookup(codec)
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
