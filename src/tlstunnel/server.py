@@ -36,6 +36,8 @@ from tlstunnel.config.model import Address, Config, Foreground, ServiceConfig
 from tlstunnel.log import EMERG, ERR, INFO, NOTICE, WARNING, Log
 from tlstunnel.net.listener import LISTEN_BACKLOG, Listener, bind_socket, listen_host
 from tlstunnel.net.sockopts import apply_socket_options
+from tlstunnel.net.transparent import check_available as check_transparent
+from tlstunnel.net.transparent import make_listening_transparent, uses_destination
 from tlstunnel.net.unix import bind_unix_socket, remove_socket_file
 from tlstunnel.service import ConnectionBudget, ServiceRuntime
 from tlstunnel.tls.context import TLSSetupError, build_service_tls
@@ -60,6 +62,11 @@ def prepare(
     problems: list[str] = []
     for service in config.services:
         log(INFO, f"Initializing service [{service.name}]")
+        try:
+            check_transparent(service.transparent)
+        except OSError as exc:
+            problems.append(f"Service [{service.name}]: {exc}")
+            continue
         try:
             tls = build_service_tls(service)
             runtime = ServiceRuntime(service, tls, log, budget)
@@ -91,7 +98,10 @@ def _bind(address: Address, service: ServiceConfig) -> socket.socket:
             user=service.socket_user,
             group=service.socket_group,
         )
-    return bind_socket(address, service.socket_options)
+    sock = bind_socket(address, service.socket_options)
+    if uses_destination(service.transparent):
+        make_listening_transparent(sock)  # accept what TPROXY diverts to this port
+    return sock
 
 
 def _os_reason(exc: OSError | KeyError) -> str:

@@ -20,12 +20,14 @@ from collections.abc import Callable
 
 from tlstunnel.config.model import ServiceConfig
 from tlstunnel.log import DEBUG, ERR, INFO, NOTICE, WARNING, ConnectionLog, Log
+from tlstunnel.net import transparent
 from tlstunnel.net.endpoint import Endpoint, HandshakeFailed, PlainEndpoint, TLSEndpoint
 from tlstunnel.net.relay import Relay
 from tlstunnel.net.sockopts import apply_socket_options
 from tlstunnel.net.upstream import (
     Target,
     UpstreamFailed,
+    bind_local,
     connect_first,
     resolve,
     resolve_async,
@@ -301,14 +303,32 @@ class Connection:
     ) -> tuple[Endpoint, Target]:
         service = self.service
         config = service.config
-        targets = service.targets if not config.delay else await resolve_async(config.connect)
+        client_socket = _socket_of(self.client) if config.transparent.value != "none" else None
+        if client_socket is not None and transparent.uses_destination(config.transparent):
+            # Where the client meant to go, as the firewall diverted it to us.
+            host, port = transparent.original_destination(client_socket)
+            targets = [Target(client_socket.family, (host, port))]
+        elif config.delay:
+            targets = await resolve_async(config.connect)
+        else:
+            targets = service.targets
+        prepare_socket: Callable[[socket.socket, Target], None] | None = None
+        if client_socket is not None and transparent.uses_source(config.transparent):
+            client_ip = str(client_socket.getpeername()[0])
+
+            def bind_as_client(sock: socket.socket, _target: Target) -> None:
+                transparent.bind_as_client(sock, client_ip)
+
+            prepare_socket = bind_as_client
+        elif service.local_addresses is not None:
+            prepare_socket = bind_local(service.local_addresses)
         endpoint, target = await connect_first(
             targets,
             service.next_start_index(),
             make_endpoint,
             timeout=config.timeout_connect,
             socket_options=config.socket_options,
-            local=service.local_addresses,
+            prepare_socket=prepare_socket,
             log=self.log,
         )
         if self.log.enabled(NOTICE):

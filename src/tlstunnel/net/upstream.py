@@ -106,6 +106,18 @@ def resolve_local(name: str) -> dict[int, str]:
     return found
 
 
+def bind_local(local: Mapping[int, str]) -> Callable[[socket.socket, Target], None]:
+    """``local = HOST``: bind each outgoing socket to the source address of its family."""
+
+    def bind(sock: socket.socket, target: Target) -> None:
+        source = local.get(target.family)
+        if source is None:
+            raise OSError(f"local has no address of the family of {target}")
+        sock.bind((source, 0))
+
+    return bind
+
+
 def _close(sock: socket.socket | None) -> None:
     if sock is not None:
         sock.close()
@@ -119,19 +131,20 @@ async def connect_first(
     timeout: float,
     socket_options: Sequence[SocketOption],
     log: ConnectionLog,
-    local: Mapping[int, str] | None = None,
+    prepare_socket: Callable[[socket.socket, Target], None] | None = None,
 ) -> tuple[Endpoint, Target]:
     """Connect to the first target that answers, starting at index ``start``.
 
     ``make_endpoint(target)`` builds the protocol for the socket, so a TLS client can
-    offer the session it cached for that very target.  ``local`` maps an address family
-    to the source address to bind (``local = HOST``).
+    offer the session it cached for that very target.  ``prepare_socket(sock, target)``
+    runs on the new socket before it connects (binding a source address: ``local``,
+    ``transparent = source``).
     """
     loop = asyncio.get_running_loop()
     # Our own socket only when there is something to set before connecting, or an IPv6
     # scope id that a host string would lose.
     needs_own_socket = (
-        local is not None
+        prepare_socket is not None
         or any(option.side == "r" for option in socket_options)
         or any(
             isinstance(t.sockaddr, tuple) and len(t.sockaddr) == 4 and t.sockaddr[3]
@@ -154,11 +167,8 @@ async def connect_first(
                     sock = socket.socket(target.family, socket.SOCK_STREAM)
                     sock.setblocking(False)
                     apply_socket_options(sock, socket_options, "r")
-                    if local is not None:
-                        source = local.get(target.family)
-                        if source is None:
-                            raise OSError(f"local has no address of the family of {target}")
-                        sock.bind((source, 0))
+                    if prepare_socket is not None:
+                        prepare_socket(sock, target)
                     await loop.sock_connect(sock, target.sockaddr)
                     await loop.create_connection(lambda: endpoint, sock=sock)  # noqa: B023
                 else:
