@@ -173,10 +173,20 @@ def test_a_global_option_in_a_service_names_both(folder: Path) -> None:
     assert found.message == "pid is a global option; move it above the first [section]"
 
 
-def test_setuid_in_a_service_explains_stunnels_other_meaning(folder: Path) -> None:
-    found = problem(folder, SERVER + "setuid = nobody\n")
-    assert "Unix accept socket" in found.message
-    assert "move it above the first [section]" in found.message
+def test_setuid_in_a_service_owns_its_unix_socket(folder: Path) -> None:
+    text = "[web]\naccept = /run/web.sock\nconnect = 1\ncert = cert.pem\n"
+    result = load(folder, text + "setuid = www\nsetgid = www-data\n")
+    (web,) = result.config.services
+    assert (web.socket_user, web.socket_group) == ("www", "www-data")
+    assert result.config.globals.setuid is None  # not a privilege drop
+    assert result.notices == ()
+
+
+def test_setuid_in_a_service_without_a_unix_socket_explains_itself(folder: Path) -> None:
+    (notice,) = load(folder, SERVER + "setuid = nobody\n").notices
+    assert "has no effect here" in notice
+    assert "Unix accept socket" in notice
+    assert "move it above the first [section]" in notice
 
 
 def test_service_option_inside_a_section_has_no_effect(folder: Path) -> None:

@@ -37,9 +37,12 @@ def test_port_zero_is_fine_for_accept_but_not_connect(folder: Path) -> None:
     assert (found.line, found.option) == (3, "connect")
 
 
-def test_unix_socket_paths_are_not_supported_yet(folder: Path) -> None:
-    found = problem(folder, "[web]\naccept = /run/web.sock\nconnect = 1\ncert = cert.pem\n")
-    assert "Unix socket paths are not supported yet" in found.message
+def test_unix_socket_paths_for_accept_and_connect(folder: Path) -> None:
+    web = service(
+        folder, "[web]\naccept = /run/web.sock\nconnect = /run/app.sock\ncert = cert.pem\n"
+    )
+    assert web.accept == (Address(None, 0, "/run/web.sock"),)
+    assert web.connect == (Address(None, 0, "/run/app.sock"),)
 
 
 # --- files ----------------------------------------------------------------------------

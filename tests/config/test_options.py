@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import ssl
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tlstunnel.config import options as opt
-from tlstunnel.config.model import Address, Failover, Foreground, LogMode, SocketOption
+from tlstunnel.config.model import (
+    Address,
+    Failover,
+    Foreground,
+    LogMode,
+    SocketOption,
+    Transparent,
+)
 from tlstunnel.config.options import OPTIONS, BadValue, OptionSpec, Scope, lookup, suggest
 
 
@@ -31,11 +39,10 @@ transparent verify verifyChain verifyPeer
 """)
 MAN_PAGE_ONLY_NAMES = ["fips", "iconActive", "iconError", "iconIdle", "taskbar"]
 NOT_YET = words("""
-chroot CRLfile CRLpath OCSP OCSPaia OCSPflag OCSPnonce OCSPrequire TIMEOUTocsp PSKidentity
+CRLfile CRLpath OCSP OCSPaia OCSPflag OCSPnonce OCSPrequire TIMEOUTocsp PSKidentity
 PSKsecrets sessionCacheSize sessionCacheTimeout sessionResume sessiond ticketKeySecret
-ticketMacSecret redirect libwrap ident exec execArgs pty transparent local retry reset
-protocol protocolAuthentication protocolDomain protocolHeader protocolHost protocolPassword
-protocolUsername config
+ticketMacSecret redirect libwrap ident protocol protocolAuthentication protocolDomain
+protocolHeader protocolHost protocolPassword protocolUsername config
 """)
 NO_ENGINE = words("engine engineCtrl engineDefault engineId engineNum CAengine")
 NO_EFFECT = ["RNDbytes", "RNDfile", "RNDoverwrite", "stack"]
@@ -113,7 +120,10 @@ def test_no_effect_options(name: str) -> None:
 
 def test_scopes() -> None:
     assert opt.PID.scope is Scope.GLOBAL
-    assert opt.SETUID.scope is Scope.GLOBAL
+    assert opt.SETUID.scope is Scope.BOTH  # privileges globally, socket owner in a section
+    assert opt.MAX_CONNECTIONS.scope is Scope.BOTH
+    assert opt.CHROOT.scope is Scope.GLOBAL and opt.TIMEOUT_DRAIN.scope is Scope.GLOBAL
+    assert opt.EXEC.scope is Scope.SERVICE
     assert opt.DEBUG.scope is Scope.BOTH
     assert opt.CONNECT.scope is Scope.SERVICE
     assert opt.CONNECT.repeatable and opt.SOCKET.repeatable and opt.TLS_OPTIONS.repeatable
@@ -166,7 +176,7 @@ def test_accept_addresses(text: str, address: Address) -> None:
         ("", "[HOST:]PORT"),
         ("65536", "out of range"),
         ("host:", "needs a port"),
-        ("/run/stunnel.sock", "Unix socket"),
+        ("/" + "x" * 200, "at most 107"),
         ("[::1]", "[IPv6-ADDRESS]:PORT"),
         ("[::1]443", "[IPv6-ADDRESS]:PORT"),
         ("[localhost]:443", "[IPv6-ADDRESS]:PORT"),
@@ -180,6 +190,13 @@ def test_accept_addresses(text: str, address: Address) -> None:
 )
 def test_bad_addresses_say_what_is_wrong(text: str, words: str) -> None:
     assert words in bad(opt.ACCEPT, text)
+
+
+@pytest.mark.parametrize("spec", [opt.ACCEPT, opt.CONNECT])
+def test_a_path_is_a_unix_socket(spec: OptionSpec[Address]) -> None:
+    address = parse(spec, "/run/stunnel//web.sock")
+    assert address == Address(None, 0, "/run/stunnel/web.sock")
+    assert str(address) == "/run/stunnel/web.sock"
 
 
 def test_port_zero_is_for_accept_only() -> None:
@@ -327,3 +344,55 @@ def test_socket_options(text: str, option: SocketOption) -> None:
 )
 def test_bad_socket_options(text: str, words: str) -> None:
     assert words in bad(opt.SOCKET, text)
+
+
+# --- exec and the options of this round -----------------------------------------------
+
+
+def test_exec_args_split_on_any_whitespace_without_quoting() -> None:
+    assert parse(opt.EXEC_ARGS, "pppd  local\t'a b'") == ("pppd", "local", "'a", "b'")
+    assert "$0" in bad(opt.EXEC_ARGS, "")
+
+
+def test_exec_is_resolved_against_the_file_folder() -> None:
+    assert parse(opt.EXEC, "bin/imapd", "/etc/stunnel") == "/etc/stunnel/bin/imapd"
+    assert parse(opt.EXEC, "/usr/sbin/imapd", "/etc/stunnel") == "/usr/sbin/imapd"
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("none", Transparent.NONE),
+        ("Source", Transparent.SOURCE),
+        ("destination", Transparent.DESTINATION),
+        ("both", Transparent.BOTH),
+        ("yes", Transparent.SOURCE),  # stunnel's legacy spellings
+        ("no", Transparent.NONE),
+    ],
+)
+def test_transparent_modes(text: str, value: Transparent) -> None:
+    assert parse(opt.TRANSPARENT, text) is value
+
+
+def test_local_takes_an_address_or_a_name() -> None:
+    assert parse(opt.LOCAL, "192.0.2.7") == "192.0.2.7"
+    assert parse(opt.LOCAL, "[2001:db8::7]") == "2001:db8::7"
+    assert parse(opt.LOCAL, "gateway.example") == "gateway.example"
+    assert "not a valid IPv4 address" in bad(opt.LOCAL, "300.1.1.1")
+    assert "not a valid host name" in bad(opt.LOCAL, "bad host")
+
+
+def test_max_connections_is_a_positive_number() -> None:
+    assert parse(opt.MAX_CONNECTIONS, "500") == 500
+    assert "at least 1" in bad(opt.MAX_CONNECTIONS, "0")
+    assert "whole number" in bad(opt.MAX_CONNECTIONS, "-3")
+
+
+def test_chroot_must_be_an_existing_folder(tmp_path: Path) -> None:
+    assert parse(opt.CHROOT, str(tmp_path)) == str(tmp_path)
+    assert "chroot folder" in bad(opt.CHROOT, str(tmp_path / "missing"))
+
+
+def test_defaults_of_this_round() -> None:
+    assert (opt.RESET.default_text, opt.TIMEOUT_DRAIN.default_text) == ("yes", "0")
+    assert opt.PTY.default_text == opt.RETRY.default_text == "no"

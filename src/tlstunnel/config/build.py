@@ -21,6 +21,10 @@ them at once.  An option whose line was rejected is remembered as "failed", so a
 
 A file with no ``[section]`` at all is stunnel's inetd mode: the global section is
 the one service, named by the global ``service`` option.
+
+Options that mean something in both places but differently (``setuid``/``setgid``:
+privileges globally, a Unix socket's owner in a section; ``maxConnections``: the
+process's cap globally, the service's in a section) are not inherited as defaults.
 """
 
 from __future__ import annotations
@@ -28,8 +32,8 @@ from __future__ import annotations
 import os
 import ssl
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, TypeVar, cast
+from dataclasses import dataclass
+from typing import TypeVar
 
 from tlstunnel.config import options as opt
 from tlstunnel.config.errors import ConfigError, Problem
@@ -52,7 +56,9 @@ from tlstunnel.config.model import (
     LogMode,
     ServiceConfig,
 )
-from tlstunnel.config.options import BadValue, OptionSpec, Scope
+from tlstunnel.config.options import BadValue, Scope
+from tlstunnel.config.sections import Entry, SectionValues
+from tlstunnel.config.shape import ServiceShape
 
 T = TypeVar("T")
 
@@ -128,65 +134,8 @@ def load_text(text: str, source: str, base_dir: str) -> LoadResult:
     return _build(tokens, source, problems)
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """A checked line: its table row, its parsed value and the line it came from."""
-
-    spec: OptionSpec[Any]
-    value: Any
-    setting: Setting
-
-
-@dataclass(slots=True)
-class SectionValues:
-    """The checked lines that apply to one section, in the order they were written.
-
-    ``failed`` names the options that had a rejected line here, so later rules can
-    stay quiet about them instead of reporting a consequence of the same mistake.
-    """
-
-    entries: list[Entry] = field(default_factory=list)
-    failed: set[str] = field(default_factory=set)
-
-    def get(self, spec: OptionSpec[T]) -> T | None:
-        """The last value written for ``spec``, or None."""
-        for entry in reversed(self.entries):
-            if entry.spec is spec:
-                return cast(T, entry.value)
-        return None
-
-    def get_or(self, spec: OptionSpec[T], default: T) -> T:
-        value = self.get(spec)
-        return default if value is None else value
-
-    def every(self, spec: OptionSpec[T]) -> tuple[T, ...]:
-        """Every value written for ``spec``, in order."""
-        return tuple(cast(T, entry.value) for entry in self.entries if entry.spec is spec)
-
-    def where(self, spec: OptionSpec[Any]) -> Setting | None:
-        """The last line that set ``spec``, or None."""
-        for entry in reversed(self.entries):
-            if entry.spec is spec:
-                return entry.setting
-        return None
-
-    def with_defaults(self, defaults: SectionValues) -> SectionValues:
-        """These values, plus every default for an option this section does not set."""
-        own = {entry.spec.name for entry in self.entries} | self.failed
-        inherited = [entry for entry in defaults.entries if entry.spec.name not in own]
-        return SectionValues(inherited + self.entries, self.failed | (defaults.failed - own))
-
-
-class _Builder:
-    """Collects problems and notices while one configuration is built."""
-
-    def __init__(self, problems: list[Problem]) -> None:
-        self.problems = problems
-        self.notices: list[str] = []
-
-    def problem(self, where: Setting | Location, option: str, message: str) -> None:
-        location = where.location if isinstance(where, Setting) else where
-        self.problems.append(Problem(location.path, location.line, option, message))
+class _Builder(ServiceShape):
+    """Checks lines and builds the model, collecting problems and notices."""
 
     # --- pass 1: check each line ------------------------------------------------------
 
@@ -258,6 +207,9 @@ class _Builder:
             setgid=values.get(opt.SETGID),
             log_level=log_level,
             service_name=values.get_or(opt.SERVICE, "stunnel"),
+            chroot=self.unix_only(values, opt.CHROOT),
+            max_connections=values.get(opt.MAX_CONNECTIONS),
+            timeout_drain=values.get_or(opt.TIMEOUT_DRAIN, 0.0),
         )
 
     def build_service(
@@ -265,17 +217,19 @@ class _Builder:
         name: str,
         location: Location,
         values: SectionValues,
-        global_level: LogLevel,
+        globals_config: GlobalConfig,
         inetd: bool,
     ) -> ServiceConfig:
+        global_level = globals_config.log_level
         where = "inetd mode (no [section] in the file)" if inetd else f"service [{name}]"
         client = values.get_or(opt.CLIENT, False)
         accept = values.every(opt.ACCEPT)
         connect = values.every(opt.CONNECT)
-        if not accept and not inetd and opt.ACCEPT.name not in values.failed:
-            self.problem(location, "", f"{where} needs accept = [HOST:]PORT: where to listen")
-        if not connect and opt.CONNECT.name not in values.failed:
-            self.problem(location, "", f"{where} needs connect = [HOST:]PORT: where to forward")
+        transparent = self.transparent(values)
+        exec_path = values.get(opt.EXEC)
+        self.endpoints(values, location, where, inetd, transparent)
+        exec_args = self.exec_arguments(values, location, globals_config.chroot)
+        pty = self.unix_only(values, opt.PTY)
         cert = values.get(opt.CERT)
         if not client and cert is None and opt.CERT.name not in values.failed:
             self.problem(
@@ -323,6 +277,17 @@ class _Builder:
             log_level=LogLevel(own_debug.level, global_level.facility)
             if own_debug
             else global_level,
+            exec_path=exec_path,
+            exec_args=exec_args,
+            pty=pty is True,
+            retry=values.get_or(opt.RETRY, False),
+            local=values.get(opt.LOCAL),
+            reset=values.get_or(opt.RESET, True),
+            transparent=transparent,
+            # In inetd mode these lines are the global ones (the process's cap, privileges).
+            max_connections=None if inetd else values.get(opt.MAX_CONNECTIONS),
+            socket_user=None if inetd else self.socket_owner(values, opt.SETUID),
+            socket_group=None if inetd else self.socket_owner(values, opt.SETGID),
         )
 
     def _verification(
@@ -441,7 +406,7 @@ def _build(tokens: Sequence[Token], source: str, problems: list[Problem]) -> Loa
                 globals_config.service_name,
                 location,
                 global_values,
-                globals_config.log_level,
+                globals_config,
                 inetd=True,
             )
         )
@@ -460,7 +425,7 @@ def _build(tokens: Sequence[Token], source: str, problems: list[Problem]) -> Loa
         values = own_values.with_defaults(global_values)
         services.append(
             builder.build_service(
-                section.name, section.location, values, globals_config.log_level, inetd=False
+                section.name, section.location, values, globals_config, inetd=False
             )
         )
     if problems:

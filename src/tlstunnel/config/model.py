@@ -28,6 +28,15 @@ class Failover(enum.Enum):
     RR = "rr"  # round robin: each new connection starts at the next address
 
 
+class Transparent(enum.Enum):
+    """stunnel's ``transparent`` option (Linux): whose address the proxied connection uses."""
+
+    NONE = "none"
+    SOURCE = "source"  # connect out from the client's own address (IP_TRANSPARENT)
+    DESTINATION = "destination"  # connect to the address the client originally dialled
+    BOTH = "both"
+
+
 class LogMode(enum.Enum):
     """What happens to an existing ``output`` file when it is opened."""
 
@@ -48,17 +57,22 @@ class Location:
 
 @dataclass(frozen=True, slots=True)
 class Address:
-    """A TCP endpoint as written in ``accept`` or ``connect``.
+    """An endpoint as written in ``accept`` or ``connect``: TCP, or a Unix socket.
 
     ``host`` is ``None`` when only a port was given: for ``accept`` that means every
     IPv4 address (stunnel's rule), for ``connect`` it means localhost.  IPv6 literals
-    are stored without brackets (``::1``), names are kept unresolved.
+    are stored without brackets (``::1``), names are kept unresolved.  A value that
+    starts with ``/`` is a Unix domain socket: ``path`` holds it, ``host`` is None and
+    ``port`` is 0.
     """
 
     host: str | None
     port: int
+    path: str | None = None
 
     def __str__(self) -> str:
+        if self.path is not None:
+            return self.path
         host = self.host if self.host is not None else "0.0.0.0"
         if ":" in host:
             return f"[{host}]:{self.port}"
@@ -144,6 +158,21 @@ class ServiceConfig:
 
     log_level: LogLevel = field(default_factory=LogLevel)
 
+    # exec: run this program per connection (or, with connect too, once per tunnel)
+    # and carry its standard input and output.  exec_args starts with $0; it defaults
+    # to the program's base name.
+    exec_path: str | None = None
+    exec_args: tuple[str, ...] = ()
+    pty: bool = False  # give the program a pseudo-terminal instead of a socket pair
+    retry: bool = False  # exec + connect: start the program again after it ends
+    local: str | None = None  # source address for outgoing connections (IP or name)
+    reset: bool = True  # end failed connections with a TCP RST (stunnel's default)
+    transparent: Transparent = Transparent.NONE
+    max_connections: int | None = None  # this service's cap on open connections
+    # setuid/setgid written in a section: owner and group of a Unix accept socket.
+    socket_user: str | None = None
+    socket_group: str | None = None
+
 
 @dataclass(frozen=True, slots=True)
 class GlobalConfig:
@@ -163,6 +192,12 @@ class GlobalConfig:
     # The global ``service`` option: the name used for syslog, and the name of the one
     # service in inetd mode.
     service_name: str = "stunnel"
+    # Unix only: confine the process to this folder once the ports are bound.
+    chroot: str | None = None
+    # The cap on open connections across every service.
+    max_connections: int | None = None
+    # On stop, wait up to this long for live connections to end before closing them.
+    timeout_drain: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
