@@ -17,11 +17,15 @@ import ssl
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from tlstunnel import __version__
 from tlstunnel.config import ConfigError, load_fd, load_file
 from tlstunnel.config.model import Config, Foreground
 from tlstunnel.log import ERR, INFO, NOTICE, WARNING, log
+
+if TYPE_CHECKING:
+    from tlstunnel.service import ServiceRuntime
 
 DEFAULT_CONFIG = "/etc/stunnel/stunnel.conf"
 
@@ -201,6 +205,8 @@ def load(invocation: Invocation) -> tuple[Config, tuple[str, ...]]:
 
 
 def run(invocation: Invocation) -> int:
+    from tlstunnel.net.exec import Launcher
+    from tlstunnel.net.inetd import serve_with_program_tunnels
     from tlstunnel.server import (
         Server,
         StartupError,
@@ -230,14 +236,6 @@ def run(invocation: Invocation) -> int:
         return EXIT_FAILURE
     for notice in notices:
         log(INFO, notice)
-    if config.inetd and not any(s.accept for s in config.services):
-        log(
-            ERR,
-            f"{config.source}: inetd mode (a configuration without accept, served on "
-            "standard input and output) is not supported yet",
-        )
-        log(ERR, "Configuration failed")
-        return EXIT_FAILURE
     try:
         budget = ConnectionBudget(None)
         runtimes = prepare(config, log, budget)
@@ -252,6 +250,8 @@ def run(invocation: Invocation) -> int:
         return EXIT_OK
 
     log(NOTICE, "Configuration successful")
+    if config.inetd and not config.services[0].accept:
+        return _run_inetd(config, runtimes[config.services[0].name])
     raise_file_limit()
     budget.limit = connection_limit(config.globals.max_connections)
     log(7, f"Clients allowed={budget.limit}")
@@ -279,6 +279,7 @@ def run(invocation: Invocation) -> int:
     except OSError as exc:
         log(ERR, f"Cannot open log file {config.globals.output}: {exc.strerror}")
         return EXIT_FAILURE
+    Launcher.stderr_to_terminal = config.globals.foreground is Foreground.YES
     if config.globals.foreground is Foreground.NO:
         daemonize()
     pid_file = config.globals.pid_file
@@ -291,12 +292,45 @@ def run(invocation: Invocation) -> int:
         log(7, f"Created pid file {pid_file}")
     try:
         with asyncio.Runner(loop_factory=new_event_loop) as runner:
-            runner.run(server.serve())
+            runner.run(serve_with_program_tunnels(server))
     except KeyboardInterrupt:
         log(NOTICE, "Terminated")
     finally:
         if pid_file:
             remove_pid_file(pid_file)
+        log.close()
+    return EXIT_OK
+
+
+def _run_inetd(config: Config, runtime: ServiceRuntime) -> int:
+    """inetd mode: serve the one connection on stdin/stdout, then exit.  No listener,
+    no daemon, no pid file (as stunnel); chroot and privileges still apply."""
+    from tlstunnel.net.exec import Launcher
+    from tlstunnel.net.inetd import serve_stdio
+    from tlstunnel.server import (
+        drop_privileges,
+        enter_chroot,
+        new_event_loop,
+        preload_modules,
+        resolve_ids,
+    )
+
+    try:
+        uid, gid = resolve_ids(config.globals.setuid, config.globals.setgid)
+        preload_modules()
+        enter_chroot(config.globals.chroot)
+        drop_privileges(uid, gid)
+        log.configure(config.globals)
+    except (OSError, KeyError) as exc:
+        log(ERR, f"Cannot start inetd mode: {exc}")
+        return EXIT_FAILURE
+    Launcher.stderr_to_terminal = config.globals.foreground is Foreground.YES
+    try:
+        with asyncio.Runner(loop_factory=new_event_loop) as runner:
+            runner.run(serve_stdio(runtime))
+    except KeyboardInterrupt:
+        log(NOTICE, "Terminated")
+    finally:
         log.close()
     return EXIT_OK
 

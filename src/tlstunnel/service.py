@@ -22,6 +22,7 @@ from tlstunnel.config.model import ServiceConfig
 from tlstunnel.log import DEBUG, ERR, INFO, NOTICE, WARNING, ConnectionLog, Log
 from tlstunnel.net import transparent
 from tlstunnel.net.endpoint import Endpoint, HandshakeFailed, PlainEndpoint, TLSEndpoint
+from tlstunnel.net.exec import Launcher, program_environment
 from tlstunnel.net.relay import Relay
 from tlstunnel.net.sockopts import apply_socket_options
 from tlstunnel.net.upstream import (
@@ -70,6 +71,8 @@ class ServiceRuntime:
         self.sessions: dict[Target, ssl.SSLSession] = {}  # client mode resumption
         self.connections: set[Connection] = set()
         self.has_local_socket_options = any(o.side == "l" for o in config.socket_options)
+        # exec without connect: a program per connection takes the place of connect.
+        self.launcher = Launcher(config) if config.exec_path and not config.connect else None
 
     def accept(self) -> asyncio.BaseProtocol:
         """Protocol factory for the listener: the client-facing endpoint."""
@@ -303,6 +306,8 @@ class Connection:
     ) -> tuple[Endpoint, Target]:
         service = self.service
         config = service.config
+        if service.launcher is not None:
+            return await self._start_program(service.launcher, make_endpoint)
         client_socket = _socket_of(self.client) if config.transparent.value != "none" else None
         if client_socket is not None and transparent.uses_destination(config.transparent):
             # Where the client meant to go, as the firewall diverted it to us.
@@ -334,6 +339,17 @@ class Connection:
         if self.log.enabled(NOTICE):
             local = _local_name(endpoint)
             self.log(NOTICE, f"Service [{config.name}] connected remote server from {local}")
+        return endpoint, target
+
+    async def _start_program(
+        self, launcher: Launcher, make_endpoint: Callable[[Target], Endpoint]
+    ) -> tuple[Endpoint, Target]:
+        """exec: start the program with the client's address (and certificate) in its
+        environment; it stands where the connect target would."""
+        tls = self.client.sslobj if isinstance(self.client, TLSEndpoint) else None
+        target = Target(0, launcher.program)  # names the program in the session cache
+        endpoint = make_endpoint(target)
+        await launcher.start(endpoint, self.log, program_environment(self.client, tls))
         return endpoint, target
 
     def _remember_session(self, tls_side: TLSEndpoint) -> None:
