@@ -63,7 +63,7 @@ def prepare(
     for service in config.services:
         log(INFO, f"Initializing service [{service.name}]")
         try:
-            check_transparent(service.transparent)
+            check_transparent(service.transparent, config.globals.setuid)
         except OSError as exc:
             problems.append(f"Service [{service.name}]: {exc}")
             continue
