@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import socket
 import ssl
 import struct
@@ -59,6 +60,16 @@ class RelayEvents(Protocol):
     def lost(self, endpoint: Endpoint, exc: BaseException | None) -> None: ...
 
     def failed(self, endpoint: Endpoint, reason: str) -> None: ...
+
+
+def _write_eof(transport: asyncio.WriteTransport) -> None:
+    """Half-close; a peer that has already closed entirely (the standard loop's
+    shutdown(SHUT_WR) then fails with ENOTCONN) leaves nothing to half-close."""
+    try:
+        transport.write_eof()
+    except OSError as exc:
+        if exc.errno != errno.ENOTCONN:
+            raise
 
 
 def set_nodelay(transport: asyncio.BaseTransport) -> None:
@@ -254,7 +265,7 @@ class PlainEndpoint(Endpoint):
         self.write_done = True
         transport = self.transport
         if transport is not None and not transport.is_closing() and transport.can_write_eof():
-            transport.write_eof()
+            _write_eof(transport)
 
 
 class HandshakeFailed(Exception):
@@ -421,7 +432,7 @@ class TLSEndpoint(Endpoint):
             pass  # the session is already broken; closing is all that is left
         self._flush()
         if transport.can_write_eof():
-            transport.write_eof()
+            _write_eof(transport)
 
     def _flush(self) -> None:
         if self._outgoing.pending and self.transport is not None:
