@@ -420,16 +420,17 @@ class Launcher:
         env = {k: v for k, v in os.environ.items() if k not in SERVICE_MANAGER_VARIABLES}
         env.update(environment)
         ignored = _ignored_signals()
-        if ignored:
-            # An ignored signal stays ignored across exec (a handled one does not): give
-            # the program stunnel's defaults.  Only then does the child run Python code.
-            setup = preexec
+        # An ignored signal stays ignored across exec (a handled one does not), and so
+        # does a blocked one (seen on Python 3.13): give the program stunnel's defaults.
+        setup = preexec
 
-            def preexec() -> None:
-                for signum in ignored:
-                    signal.signal(signum, signal.SIG_DFL)
-                if setup is not None:
-                    setup()
+        def reset_signals() -> None:
+            if hasattr(signal, "pthread_sigmask"):
+                signal.pthread_sigmask(signal.SIG_SETMASK, set())
+            for signum in ignored:
+                signal.signal(signum, signal.SIG_DFL)
+            if setup is not None:
+                setup()
 
         return subprocess.Popen(
             list(self.config.exec_args),
@@ -439,7 +440,7 @@ class Launcher:
             stderr=None if self.stderr_to_terminal else fd,
             env=env,
             close_fds=True,
-            preexec_fn=preexec,  # noqa: PLW1509 -- pty (setsid, terminal), ignored signals
+            preexec_fn=reset_signals,  # noqa: PLW1509 -- pty (setsid, terminal), ignored signals
         )
 
     def _watch(
