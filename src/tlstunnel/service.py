@@ -104,6 +104,8 @@ class ServiceRuntime:
             WARNING,
             f"Service [{self.config.name}]: connection from {_peer_name(endpoint)} refused: {why}",
         )
+        if isinstance(endpoint, TLSEndpoint):
+            endpoint.handshake.cancel()  # nobody will wait for it
         endpoint.close()
 
     def finished(self, connection: Connection) -> None:

@@ -97,19 +97,22 @@ class Relay:
     def lost(self, endpoint: Endpoint, exc: BaseException | None) -> None:
         if self.done.done():
             return
-        gone_after_eof = endpoint.read_done and isinstance(
-            exc, (BrokenPipeError, ConnectionResetError)
+        peer = self.b if endpoint is self.a else self.a
+        gone_after_eof = (
+            endpoint.read_done
+            and peer.read_done
+            and isinstance(exc, (BrokenPipeError, ConnectionResetError))
         )
         if exc is not None and not gone_after_eof:
             self._reason = self._reason or _describe_os_error(exc)
             self._abort_both()
             return
-        # A peer that had finished sending and then closed its socket entirely (so our
-        # last writes met EPIPE or RST) ended the connection, it did not break it;
-        # stunnel logs this as closed too.
+        # When both sides had finished sending, a peer that then closed its socket
+        # entirely (so our last writes met EPIPE or RST) ended the connection rather
+        # than broke it; stunnel logs this as closed too.  If the other side was still
+        # sending, its bytes are lost: that stays a reset (above).
         # Closed without an error: whatever this side sent has been forwarded, but it
         # can no longer receive, so the tunnel ends once the peer has flushed.
-        peer = self.b if endpoint is self.a else self.a
         if not endpoint.read_done:
             endpoint.read_done = True
             peer.send_eof()
