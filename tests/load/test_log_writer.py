@@ -90,11 +90,15 @@ def test_a_destination_that_never_drains_cannot_stall_the_loop(tmp_path: Path) -
     lines = received.decode().splitlines()
     for line in lines:
         assert re.match(LOG_LINE, line), f"torn or foreign line: {line!r}"
-    notice = [line for line in lines if "log line(s) dropped" in line]
-    assert len(notice) == 1, notice
-    assert re.search(rf"LOG4\[ui\]: {dropped} log line\(s\) dropped: ", notice[0])
+    # One notice per stretch of drops (the writer may catch up in between): together
+    # they account for every line dropped.
+    notices = [line for line in lines if "log line(s) dropped" in line]
+    assert notices, "dropped lines must be reported"
+    counts = [re.search(r"LOG4\[ui\]: (\d+) log line\(s\) dropped: ", n) for n in notices]
+    total_dropped = sum(int(match[1]) for match in counts if match)
+    assert total_dropped >= dropped, notices  # log.dropped counts since the last notice
     kept = [line for line in lines if " line " in line]
-    assert len(kept) + dropped == count, "every line is either written or counted"
+    assert len(kept) + total_dropped == count, "every line is either written or counted"
     numbers = [int(line.split(" line ")[1].split()[0]) for line in kept]
     assert numbers == sorted(numbers), "lines keep their order"
 
