@@ -22,7 +22,7 @@ from tlstunnel.config.model import ServiceConfig
 from tlstunnel.log import DEBUG, ERR, INFO, NOTICE, WARNING, ConnectionLog, Log
 from tlstunnel.net import transparent
 from tlstunnel.net.endpoint import Endpoint, HandshakeFailed, PlainEndpoint, TLSEndpoint
-from tlstunnel.net.exec import Launcher, program_environment
+from tlstunnel.net.exec import Launcher, one_line_name, program_environment
 from tlstunnel.net.relay import Relay
 from tlstunnel.net.sockopts import apply_socket_options
 from tlstunnel.net.upstream import (
@@ -291,11 +291,7 @@ class Connection:
             if sslobj.getpeercert(binary_form=True) is None:
                 self.log(INFO, "No peer certificate received")
             return
-        subject = ", ".join(
-            f"{_SHORT_NAMES.get(pair[0], pair[0])}={pair[1]}"
-            for rdn in peer.get("subject", ())
-            for pair in rdn
-        )
+        subject = one_line_name(peer.get("subject", ()))
         self.log(NOTICE, f"Certificate accepted at depth=0: {subject}")
 
     def _make_plain(self, _target: Target) -> Endpoint:
@@ -366,19 +362,6 @@ class Connection:
         self.client.abort()
         if upstream is not None:
             upstream.abort()
-
-
-# OpenSSL's short attribute names, as stunnel prints subjects ("O=Example, CN=host").
-_SHORT_NAMES = {
-    "commonName": "CN",
-    "countryName": "C",
-    "localityName": "L",
-    "stateOrProvinceName": "ST",
-    "organizationName": "O",
-    "organizationalUnitName": "OU",
-    "domainComponent": "DC",
-    "userId": "UID",
-}
 
 
 class PeerRefused(Exception):
