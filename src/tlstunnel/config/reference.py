@@ -7,6 +7,7 @@ it prints and what the documentation says cannot drift apart.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 
 from tlstunnel.config.options import OPTIONS, OptionSpec, Scope
 
@@ -15,36 +16,39 @@ def _in_scope(spec: OptionSpec[object], scope: Scope) -> bool:
     return spec.scope is scope or spec.scope is Scope.BOTH
 
 
-def describe_options() -> list[str]:
-    """``-help``: every option with its value shape and a line of help, like stunnel."""
+def _by_scope(line: Callable[[OptionSpec[object]], str | None]) -> list[str]:
+    """Global options, then service-level ones, as stunnel prints them: a title per
+    part, ``line(spec)`` for each option of that part (None leaves it out)."""
     lines: list[str] = []
     for title, scope in (
         ("Global options:", Scope.GLOBAL),
         ("Service-level options:", Scope.SERVICE),
     ):
         lines.append(title)
-        for spec in OPTIONS:
-            if not _in_scope(spec, scope):
-                continue
-            note = "" if spec.status == "supported" else f" [{spec.status}: {spec.reason}]"
-            lines.append(f"{spec.name:<22} = {spec.syntax} {spec.help}{note}".rstrip())
+        lines.extend(text for spec in OPTIONS if _in_scope(spec, scope) and (text := line(spec)))
         lines.append(" ")
     return lines[:-1]
+
+
+def describe_options() -> list[str]:
+    """``-help``: every option with its value shape and a line of help, like stunnel."""
+
+    def line(spec: OptionSpec[object]) -> str:
+        note = "" if spec.status == "supported" else f" [{spec.status}: {spec.reason}]"
+        return f"{spec.name:<22} = {spec.syntax} {spec.help}{note}".rstrip()
+
+    return _by_scope(line)
 
 
 def describe_defaults() -> list[str]:
     """``-version``: the defaults of the supported options that have one."""
-    lines: list[str] = []
-    for title, scope in (
-        ("Global options:", Scope.GLOBAL),
-        ("Service-level options:", Scope.SERVICE),
-    ):
-        lines.append(title)
-        for spec in OPTIONS:
-            if spec.status == "supported" and spec.default_text and _in_scope(spec, scope):
-                lines.append(f"{spec.name:<22} = {spec.default_text}")
-        lines.append(" ")
-    return lines[:-1]
+
+    def line(spec: OptionSpec[object]) -> str | None:
+        if spec.status == "supported" and spec.default_text:
+            return f"{spec.name:<22} = {spec.default_text}"
+        return None
+
+    return _by_scope(line)
 
 
 def readme_table() -> str:
