@@ -13,7 +13,6 @@ import os
 import re
 import shutil
 import socket
-import subprocess
 import sys
 import textwrap
 import time
@@ -189,13 +188,11 @@ def test_the_program_inherits_no_ignored_or_blocked_signal(
     proc = tunnel(exec_service(pki, "/bin/sh", f"execArgs = sh -c {command}\n"))
     with tls_connect(proc.port("run"), pki.ca) as conn:
         masks = recv_all(conn).decode()
-    plain = subprocess.run(
-        ["grep", "^Sig[IB]", "/proc/self/status"], capture_output=True, check=True
-    ).stdout.decode()
     # Signals 1-31 only: 32 and 33 belong to the C library's threads (some Python
-    # versions leave them marked in a child) and no program can use them.
-    assert _standard_signals(masks) == _standard_signals(plain)
-    assert _standard_signals(masks)["SigBlk"] == 0
+    # versions leave them marked in a child) and no program can use them.  Not compared
+    # with a program started from here: pytest itself may run with SIGINT ignored (a
+    # shell's background job), which the tunnel rightly does not pass on either.
+    assert _standard_signals(masks) == {"SigIgn": 0, "SigBlk": 0}
 
 
 def _standard_signals(status: str) -> dict[str, int]:
