@@ -17,12 +17,14 @@ import socket
 import ssl
 import time
 from collections.abc import Callable
+from typing import cast
 
-from tlstunnel.config.model import ServiceConfig
+from tlstunnel.config.model import Address, ServiceConfig
 from tlstunnel.log import DEBUG, ERR, INFO, NOTICE, WARNING, ConnectionLog, Log
 from tlstunnel.net import transparent
 from tlstunnel.net.endpoint import Endpoint, HandshakeFailed, PlainEndpoint, TLSEndpoint
 from tlstunnel.net.exec import Launcher, one_line_name, program_environment
+from tlstunnel.net.negotiate import NegotiationFailed, negotiate
 from tlstunnel.net.relay import Relay
 from tlstunnel.net.sockopts import apply_socket_options
 from tlstunnel.net.upstream import (
@@ -34,6 +36,8 @@ from tlstunnel.net.upstream import (
     resolve_async,
     resolve_local,
 )
+from tlstunnel.protocols import negotiator_class
+from tlstunnel.protocols.base import Connect, ConnectionFacts, Negotiator, ProtocolSettings
 from tlstunnel.tls.context import ServiceTLS
 
 _connection_ids = itertools.count()
@@ -73,6 +77,16 @@ class ServiceRuntime:
         self.has_local_socket_options = any(o.side == "l" for o in config.socket_options)
         # exec without connect: a program per connection takes the place of connect.
         self.launcher = Launcher(config) if config.exec_path and not config.connect else None
+        # protocol = NAME: a negotiator runs around the handshake (tlstunnel.protocols).
+        self.negotiator: type[Negotiator] | None = (
+            negotiator_class(config.protocol, config.client) if config.protocol else None
+        )
+        self.protocol_settings = _protocol_settings(config)
+        # Server mode: the accepted connection starts in plaintext when something must be
+        # read or said before the TLS handshake (a protocol, a PROXY header).
+        self.defer_client_tls = not config.client and (
+            self.negotiator is not None or config.accept_proxy
+        )
 
     def accept(self) -> asyncio.BaseProtocol:
         """Protocol factory for the listener: the client-facing endpoint."""
@@ -80,7 +94,9 @@ class ServiceRuntime:
         if self.config.client:
             endpoint = PlainEndpoint()
         else:
-            endpoint = TLSEndpoint(self.tls.context, server_side=True)
+            endpoint = TLSEndpoint(
+                self.tls.context, server_side=True, deferred=self.defer_client_tls
+            )
         endpoint.reset_on_abort = self.config.reset
         endpoint.when_connected(self._start_connection)
         return endpoint
@@ -139,6 +155,7 @@ class Connection:
         self.log = ConnectionLog(service.log, str(self.id), service.config.log_level.level)
         self._peer_address: str | None = None
         self._session_target: Target | None = None
+        self._facts: ConnectionFacts | None = None
 
     @property
     def peer_address(self) -> str:
@@ -146,6 +163,17 @@ class Connection:
         if self._peer_address is None:
             self._peer_address = _peer_name(self.client)
         return self._peer_address
+
+    @property
+    def facts(self) -> ConnectionFacts:
+        """Who is on each end, for negotiators, access control and PROXY headers (made
+        on first use: a plain tunnel never needs it)."""
+        if self._facts is None:
+            self._facts = ConnectionFacts(
+                client_address=_address_pair(self.client, "peername"),
+                local_address=_address_pair(self.client, "sockname"),
+            )
+        return self._facts
 
     def describe(self) -> str:
         age = time.monotonic() - self.started
@@ -175,11 +203,17 @@ class Connection:
                 client_socket = _socket_of(self.client)
                 if client_socket is not None:
                     apply_socket_options(client_socket, config.socket_options, "l")
-            if config.client:
+            await self._admit()
+            if self.service.negotiator is not None:
+                upstream, tls_side = await self._negotiate(self.service.negotiator)
+            elif config.client:
                 upstream, tls_side = await self._open_client_mode()
             else:
                 assert isinstance(self.client, TLSEndpoint)
                 tls_side = self.client
+                if self.service.defer_client_tls:
+                    # What followed a PROXY header is the start of the ClientHello.
+                    tls_side.start_tls(tls_side.take_held())
                 await self._handshake(tls_side, "SSL_accept", "TLS accepted")
                 upstream, _target = await self._connect(self._make_plain)
             self.relay = Relay(
@@ -202,9 +236,17 @@ class Connection:
                     f"Connection {ending}: {tls_bytes} byte(s) sent to TLS, "
                     f"{plain.bytes_sent} byte(s) sent to socket",
                 )
-        except (HandshakeFailed, UpstreamFailed, PeerRefused, OSError) as exc:
+        except (
+            HandshakeFailed,
+            UpstreamFailed,
+            PeerRefused,
+            NegotiationFailed,
+            OSError,
+        ) as exc:
             if isinstance(exc, OSError):
                 log(ERR, f"Connection failed: {exc.strerror or exc}")
+            elif isinstance(exc, NegotiationFailed):
+                log(ERR, exc.reason)
             self._abort(upstream)
             tls_bytes = tls_side.bytes_sent if tls_side is not None else 0
             log(
@@ -221,6 +263,81 @@ class Connection:
             self.service.finished(self)
 
     # -- steps ---------------------------------------------------------------------------
+
+    async def _admit(self) -> None:
+        """Everything that happens before any TLS or protocol work: the PROXY header
+        (``acceptProxy``) and access control.  Bytes read past a PROXY header belong to
+        what follows it (the ClientHello, or a protocol's first message): they are put
+        back with ``client.unread``.  Raises ``PeerRefused``."""
+
+    async def _negotiate(self, negotiator: type[Negotiator]) -> tuple[Endpoint, TLSEndpoint]:
+        """``protocol = NAME``: let the negotiator drive the handshake and the connect."""
+        config = self.service.config
+        client_mode = config.client
+        tls_side: list[TLSEndpoint] = []
+
+        def make_upstream(target: Target) -> Endpoint:
+            if not client_mode:
+                return self._make_plain(target)
+            endpoint = TLSEndpoint(
+                self.service.tls.context,
+                server_side=False,
+                server_hostname=self.service.tls.server_hostname(self._sni_host()),
+                session=self.service.sessions.get(target),
+                deferred=True,
+            )
+            endpoint.reset_on_abort = config.reset
+            return endpoint
+
+        async def connect(step: Connect) -> Endpoint:
+            if step.host is None or step.port is None:
+                endpoint, target = await self._connect(make_upstream)
+            else:
+                targets = await resolve_async([Address(step.host, step.port)])
+                if step.refuse_address is not None:
+                    targets = _permitted(targets, step.refuse_address)
+                endpoint, target = await self._connect(make_upstream, targets)
+            if client_mode:
+                self._session_target = target
+            return endpoint
+
+        async def handshake(endpoint: TLSEndpoint) -> None:
+            if endpoint.sslobj.server_side:
+                await self._handshake(endpoint, "SSL_accept", "TLS accepted")
+            else:
+                await self._handshake(endpoint, "SSL_connect", "TLS connected")
+            tls_side.append(endpoint)
+            self._record_tls_facts(endpoint)
+
+        result = await negotiate(
+            negotiator(self.service.protocol_settings, self.facts),
+            self.client,
+            connect=connect,
+            handshake=handshake,
+            log=self.log,
+            read_timeout=config.timeout_busy,
+        )
+        if not tls_side:
+            result.server.abort()
+            raise NegotiationFailed(f"{config.protocol}: negotiation ended without TLS")
+        return result.server, tls_side[0]
+
+    def _record_tls_facts(self, endpoint: TLSEndpoint) -> None:
+        sslobj = endpoint.sslobj
+        tls = self.facts.tls
+        tls.version = sslobj.version() or ""
+        cipher = sslobj.cipher()
+        tls.cipher = cipher[0] if cipher else ""
+        tls.alpn = sslobj.selected_alpn_protocol()
+        tls.sni = getattr(sslobj, "requested_server_name", None)
+        der = sslobj.getpeercert(binary_form=True)
+        tls.peer_cert_der = der
+        peer = sslobj.getpeercert() if der is not None else None
+        subject = peer.get("subject", ()) if peer else ()
+        for rdn in cast(tuple[tuple[tuple[str, str], ...], ...], subject):
+            for key, value in rdn:
+                if key == "commonName":
+                    tls.peer_cn = value
 
     async def _open_client_mode(self) -> tuple[Endpoint, TLSEndpoint]:
         service = self.service
@@ -300,14 +417,20 @@ class Connection:
         return endpoint
 
     async def _connect(
-        self, make_endpoint: Callable[[Target], Endpoint]
+        self,
+        make_endpoint: Callable[[Target], Endpoint],
+        destination: list[Target] | None = None,
     ) -> tuple[Endpoint, Target]:
+        """Connect the upstream leg: to ``destination`` when a negotiator named one
+        (SOCKS, CONNECT), else to the service's targets with failover."""
         service = self.service
         config = service.config
         if service.launcher is not None:
             return await self._start_program(service.launcher, make_endpoint)
         client_socket = _socket_of(self.client) if config.transparent.value != "none" else None
-        if client_socket is not None and transparent.uses_destination(config.transparent):
+        if destination is not None:
+            targets = destination
+        elif client_socket is not None and transparent.uses_destination(config.transparent):
             # Where the client meant to go, as the firewall diverted it to us.
             host, port = transparent.original_destination(client_socket)
             targets = [Target(client_socket.family, (host, port))]
@@ -366,6 +489,57 @@ class Connection:
 
 class PeerRefused(Exception):
     """The peer's certificate did not pass checkHost/checkIP/checkEmail/verifyPeer."""
+
+
+class DestinationRefused(Exception):
+    """Every address a negotiator's destination resolved to is off limits."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _permitted(targets: list[Target], refuse: Callable[[str], str | None]) -> list[Target]:
+    allowed: list[Target] = []
+    reasons: list[str] = []
+    for target in targets:
+        reason = refuse(str(target.sockaddr[0])) if isinstance(target.sockaddr, tuple) else None
+        if reason is None:
+            allowed.append(target)
+        else:
+            reasons.append(reason)
+    if not allowed:
+        raise DestinationRefused("; ".join(dict.fromkeys(reasons)) or "no address to connect to")
+    return allowed
+
+
+def _protocol_settings(config: ServiceConfig) -> ProtocolSettings:
+    return ProtocolSettings(
+        name=config.protocol or "",
+        client_mode=config.client,
+        host=config.protocol_host,
+        port=config.protocol_port,
+        username=config.protocol_username,
+        password=config.protocol_password,
+        authentication=config.protocol_authentication,
+        domain=config.protocol_domain,
+        headers=config.protocol_headers,
+        proxy_version=config.proxy_version,
+        socks_allow=config.socks_allow,
+    )
+
+
+def _address_pair(endpoint: Endpoint, which: str) -> tuple[str, int] | None:
+    """The endpoint's peer or own address as (host, port), IPv4-mapped IPv6 unmapped;
+    None for Unix sockets."""
+    transport = endpoint.transport
+    name = transport.get_extra_info(which) if transport is not None else None
+    if not (isinstance(name, tuple) and len(name) >= 2):
+        return None
+    host = str(name[0])
+    if host.startswith("::ffff:") and "." in host:
+        host = host[len("::ffff:") :]
+    return host, int(name[1])
 
 
 def _socket_of(endpoint: Endpoint) -> socket.socket | None:

@@ -33,7 +33,7 @@ import os
 import ssl
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from tlstunnel.config import options as opt
 from tlstunnel.config.errors import ConfigError, Problem
@@ -288,7 +288,42 @@ class _Builder(ServiceShape):
             max_connections=None if inetd else values.get(opt.MAX_CONNECTIONS),
             socket_user=None if inetd else self.socket_owner(values, opt.SETUID),
             socket_group=None if inetd else self.socket_owner(values, opt.SETGID),
+            **self._protocol_fields(values, client, location, where),
         )
+
+    def _protocol_fields(
+        self, values: SectionValues, client: bool, location: Location, where: str
+    ) -> dict[str, Any]:
+        """``protocol`` and its ``protocol*`` companions, checked against the mode."""
+        protocol = values.get(opt.PROTOCOL)
+        if protocol is not None:
+            from tlstunnel.protocols import negotiator_class
+
+            if negotiator_class(protocol, client) is None:
+                line = values.where(opt.PROTOCOL)
+                mode, other = ("client", "server") if client else ("server", "client")
+                self.problem(
+                    line or location,
+                    opt.PROTOCOL.name,
+                    f"{where}: protocol = {protocol} has no {mode} mode (stunnel has only "
+                    f"the {other} side of it); use client = {'no' if client else 'yes'} "
+                    "or another protocol",
+                )
+        host = values.get(opt.PROTOCOL_HOST)
+        return {
+            "protocol": protocol,
+            "protocol_host": host[0] if host else None,
+            "protocol_port": host[1] if host else None,
+            "protocol_username": values.get(opt.PROTOCOL_USERNAME),
+            "protocol_password": values.get(opt.PROTOCOL_PASSWORD),
+            "protocol_authentication": values.get(opt.PROTOCOL_AUTHENTICATION),
+            "protocol_domain": values.get(opt.PROTOCOL_DOMAIN),
+            "protocol_headers": values.every(opt.PROTOCOL_HEADER),
+            "proxy_version": values.get_or(opt.PROXY_VERSION, 1),
+            "socks_allow": values.every(opt.SOCKS_ALLOW),
+            "accept_proxy": values.get_or(opt.ACCEPT_PROXY, False),
+            "accept_proxy_from": values.every(opt.ACCEPT_PROXY_FROM),
+        }
 
     def _verification(
         self, values: SectionValues, client: bool, location: Location

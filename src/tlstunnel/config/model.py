@@ -173,6 +173,21 @@ class ServiceConfig:
     socket_user: str | None = None
     socket_group: str | None = None
 
+    # protocol = NAME: an application protocol spoken around TLS (tlstunnel.protocols).
+    protocol: str | None = None
+    protocol_host: str | None = None  # protocolHost: host part
+    protocol_port: int | None = None  # protocolHost: port part, when written
+    protocol_username: str | None = None
+    protocol_password: str | None = None
+    protocol_authentication: str | None = None
+    protocol_domain: str | None = None
+    protocol_headers: tuple[str, ...] = ()
+    proxy_version: int = 1  # protocol = proxy: PROXY header version
+    socks_allow: tuple[str, ...] = ()  # protocol = socks: local networks allowed as targets
+    # acceptProxy: each client starts with a PROXY v1/v2 header (from these sources only).
+    accept_proxy: bool = False
+    accept_proxy_from: tuple[str, ...] = ()
+
 
 @dataclass(frozen=True, slots=True)
 class GlobalConfig:

@@ -227,6 +227,34 @@ DELAY = _on("delay", S, parse_yes_no, "yes|no", "no", "look connect names up per
 SOCKET = _on("socket", S, v.socket_option, "a|l|r:OPTION=VALUE[:VALUE]", "",
              "socket option on the accept, local or remote socket", True)
 LOG_ID = _on("logId", S, v.log_id, "sequential", "sequential", "connection id type in log lines")
+# Protocol negotiation (tlstunnel.protocols).
+PROTOCOL = _on("protocol", S, v.protocol_name,
+               "smtp|pop3|imap|nntp|ldap|pgsql|connect|socks|proxy", "none",
+               "speak this application protocol around the TLS handshake")
+PROTOCOL_AUTHENTICATION = _on("protocolAuthentication", S, v.choice(
+                                  {"basic": "basic", "ntlm": "ntlm", "plain": "plain",
+                                   "login": "login"}),
+                              "basic|plain|login", "basic (connect), plain (smtp)",
+                              "how protocolUsername/protocolPassword are sent")
+PROTOCOL_DOMAIN = _on("protocolDomain", S, v.text, "DOMAIN", "none",
+                      "domain for protocol authentication")
+PROTOCOL_HEADER = _on("protocolHeader", S, v.header_line, "NAME: VALUE", "none",
+                      "connect: extra header line for the proxy", True)
+PROTOCOL_HOST = _on("protocolHost", S, v.host_optional_port, "HOST[:PORT]", "none",
+                    "connect: where the proxy should connect; smtp: the EHLO name; "
+                    "socks client: the destination")
+PROTOCOL_PASSWORD = _on("protocolPassword", S, v.any_text, "PASSWORD", "none",
+                        "password for protocol authentication")
+PROTOCOL_USERNAME = _on("protocolUsername", S, v.text, "USERNAME", "none",
+                        "user name for protocol authentication")
+PROXY_VERSION = _on("proxyVersion", S, v.choice({"1": 1, "2": 2}), "1|2", "1",
+                    "protocol = proxy: PROXY header version sent to the backend")
+SOCKS_ALLOW = _on("socksAllow", S, v.network, "NETWORK/PREFIX", "none",
+                  "protocol = socks: also allow targets in this local network", True)
+ACCEPT_PROXY = _on("acceptProxy", S, parse_yes_no, "yes|no", "no",
+                   "clients start with a PROXY v1/v2 header naming the real client")
+ACCEPT_PROXY_FROM = _on("acceptProxyFrom", S, v.network, "NETWORK/PREFIX", "anyone",
+                        "acceptProxy: only these sources may send the header", True)
 INCLUDE = _on("include", B, v.any_text, "DIRECTORY", "",
               "read every file of this folder here, in name order")
 
@@ -276,13 +304,9 @@ OPTIONS: tuple[OptionSpec[Any], ...] = (
     _off("redirect", S, NOT_YET, "[HOST:]PORT", "where clients failing verification go"),
     _off("libwrap", S, NOT_YET, "yes|no", "check /etc/hosts.allow and /etc/hosts.deny"),
     _off("ident", S, NOT_YET, "USERNAME", "check the client's IDENT (RFC 1413) user"),
-    _off("protocol", S, NOT_YET, "PROTOCOL", "negotiate an application protocol before TLS"),
-    _off("protocolAuthentication", S, NOT_YET, "TYPE", "authentication type for protocol"),
-    _off("protocolDomain", S, NOT_YET, "DOMAIN", "domain for protocol negotiation"),
-    _off("protocolHeader", S, NOT_YET, "HEADER", "extra header for protocol negotiation"),
-    _off("protocolHost", S, NOT_YET, "HOST:PORT", "host for protocol negotiation"),
-    _off("protocolPassword", S, NOT_YET, "PASSWORD", "password for protocol negotiation"),
-    _off("protocolUsername", S, NOT_YET, "USERNAME", "user name for protocol negotiation"),
+    PROTOCOL, PROTOCOL_AUTHENTICATION, PROTOCOL_DOMAIN, PROTOCOL_HEADER, PROTOCOL_HOST,
+    PROTOCOL_PASSWORD, PROTOCOL_USERNAME, PROXY_VERSION, SOCKS_ALLOW, ACCEPT_PROXY,
+    ACCEPT_PROXY_FROM,
     _off("config", S, NOT_YET, "COMMAND[:PARAMETER]", "a command for OpenSSL's SSL_CONF", True),
 )
 

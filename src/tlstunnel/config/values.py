@@ -399,3 +399,53 @@ def log_id(value: str, _base_dir: str) -> str:
     if lowered != "sequential":
         raise BadValue(f"{value!r} is not a connection id type; write sequential")
     return lowered
+
+
+def network(value: str, _base_dir: str) -> str:
+    """A network in CIDR form (``10.0.0.0/8``, ``2001:db8::/32``) or one address;
+    returned normalised (host bits cleared)."""
+    text = value[1:].replace("]", "", 1) if value.startswith("[") else value
+    try:
+        return str(ipaddress.ip_network(text, strict=False))
+    except ValueError:
+        raise BadValue(
+            f"{value!r} is not a network; write ADDRESS/PREFIX (10.0.0.0/8, 2001:db8::/32) "
+            "or one address"
+        ) from None
+
+
+def host_optional_port(value: str, _base_dir: str) -> tuple[str, int | None]:
+    """``protocolHost``: ``HOST``, ``HOST:PORT`` or ``[IPv6]:PORT``."""
+    if not value:
+        raise BadValue("needs a host name after '=': HOST or HOST:PORT")
+    if value.startswith("["):
+        host, bracket, rest = value[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise BadValue(f"{value!r}: write [IPv6-ADDRESS]:PORT")
+        return _host(host), (_port(rest[1:], False) if rest else None)
+    if value.count(":") == 1:
+        host, _, port_text = value.partition(":")
+        return _host(host), _port(port_text, False)
+    return _host(value), None
+
+
+def protocol_name(value: str, _base_dir: str) -> str:
+    """``protocol``: one of the negotiators tlstunnel has."""
+    from tlstunnel.protocols import MODULES, REFUSED
+
+    name = value.lower()
+    if name in REFUSED:
+        raise BadValue(f"protocol {name} is not supported: {REFUSED[name]}")
+    if name not in MODULES:
+        raise BadValue(f"unknown protocol {value!r}; use {_words(MODULES)}")
+    return name
+
+
+def header_line(value: str, _base_dir: str) -> str:
+    """``protocolHeader``: one ``Name: value`` HTTP header line."""
+    name, colon, rest = value.partition(":")
+    if not colon or not name.strip() or any(c in value for c in "\r\n"):
+        raise BadValue(f"{value!r} is not a header; write Name: value")
+    if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", name.strip()):
+        raise BadValue(f"{name.strip()!r} is not a valid HTTP header name")
+    return f"{name.strip()}: {rest.strip()}"

@@ -95,6 +95,7 @@ class Endpoint(asyncio.BufferedProtocol):
         "_held",
         "_held_eof",
         "_on_connected",
+        "_reader",
         "_reading_paused",
         "bytes_sent",
         "closed",
@@ -115,6 +116,7 @@ class Endpoint(asyncio.BufferedProtocol):
         self._held_eof = False
         self._reading_paused = False
         self._on_connected: Callable[[Endpoint], None] | None = None
+        self._reader: asyncio.Future[None] | None = None  # a negotiator waits for data
         self.read_done = False  # this side sent EOF (or close_notify)
         self.write_done = False  # we sent EOF to this side
         self.closed = False  # connection_lost has run
@@ -140,6 +142,7 @@ class Endpoint(asyncio.BufferedProtocol):
         if self.relay is not None:
             self.relay.lost(self, exc)
         else:
+            self._wake_reader()
             self._lost_before_link(exc)
 
     def when_connected(self, callback: Callable[[Endpoint], None]) -> None:
@@ -212,6 +215,48 @@ class Endpoint(asyncio.BufferedProtocol):
     def write_buffer_size(self) -> int:
         return self.transport.get_write_buffer_size() if self.transport is not None else 0
 
+    # -- before the relay: a negotiator's reads and writes ----------------------------
+
+    async def read_some(self) -> bytes:
+        """What arrived since the last call (waiting for something if nothing has);
+        ``b""`` once the peer has closed.  Only before ``link``."""
+        while True:
+            if self._held:
+                data = b"".join(self._held)
+                self._held = []
+                self.resume_reading()
+                return data
+            if self._held_eof or self.closed:
+                return b""
+            self._reader = asyncio.get_running_loop().create_future()
+            try:
+                await self._reader
+            finally:
+                self._reader = None
+
+    def take_held(self) -> bytes:
+        """Forget and return whatever arrived but was not read yet (before ``link``)."""
+        data = b"".join(self._held)
+        self._held = []
+        self.resume_reading()
+        return data
+
+    def unread(self, data: bytes) -> None:
+        """Put bytes back in front of what was received, to be read (or relayed) again."""
+        if data:
+            self._held.insert(0, data)
+
+    def send_before_relay(self, data: bytes) -> None:
+        """Write a negotiator's message; not counted in the relay's byte totals."""
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.write(data)
+
+    def _wake_reader(self) -> None:
+        reader = self._reader
+        if reader is not None and not reader.done():
+            reader.set_result(None)
+
     # -- delivering what we read -----------------------------------------------------
 
     def _deliver(self, data: bytes | memoryview) -> None:
@@ -220,6 +265,8 @@ class Endpoint(asyncio.BufferedProtocol):
             self._held.append(bytes(data))
             if sum(map(len, self._held)) > _HOLD_LIMIT:
                 self.pause_reading()
+            if self._reader is not None:
+                self._wake_reader()
             return
         peer.send(data)
         relay = self.relay
@@ -231,6 +278,7 @@ class Endpoint(asyncio.BufferedProtocol):
             return
         if self.peer is None:
             self._held_eof = True
+            self._wake_reader()
             return
         self.read_done = True
         if self.relay is not None:
@@ -280,7 +328,7 @@ class HandshakeFailed(Exception):
 class TLSEndpoint(Endpoint):
     """A TCP socket carrying TLS that we encrypt and decrypt ourselves."""
 
-    __slots__ = ("_established", "_incoming", "_outgoing", "handshake", "sslobj")
+    __slots__ = ("_established", "_incoming", "_outgoing", "_started", "handshake", "sslobj")
 
     def __init__(
         self,
@@ -289,8 +337,12 @@ class TLSEndpoint(Endpoint):
         server_side: bool,
         server_hostname: str | None = None,
         session: ssl.SSLSession | None = None,
+        deferred: bool = False,
     ) -> None:
+        """``deferred``: the connection starts in plaintext (STARTTLS-style protocols,
+        a PROXY header first); TLS begins at ``start_tls``."""
         super().__init__()
+        self._started = not deferred
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
         self.sslobj = context.wrap_bio(
@@ -309,10 +361,35 @@ class TLSEndpoint(Endpoint):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        if not self.sslobj.server_side:
+        if self._started and not self.sslobj.server_side:
             self._step_handshake()  # a client speaks first: send the ClientHello
 
+    def start_tls(self, initial: bytes = b"") -> int:
+        """Begin the handshake on a deferred endpoint.  ``initial`` is TLS data that
+        arrived with the plaintext part (after a PROXY header); any other plaintext
+        not yet read is dropped, and its length returned, so it can be logged."""
+        dropped = len(self.take_held())
+        self._held_eof = False
+        self._started = True
+        if initial:
+            self._incoming.write(initial)
+        if self.transport is not None and (initial or not self.sslobj.server_side):
+            self._step_handshake()
+        return dropped
+
+    def send_before_relay(self, data: bytes) -> None:
+        if not self._started:
+            super().send_before_relay(data)
+            return
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            self.sslobj.write(data)
+            transport.write(self._outgoing.read())
+
     def buffer_updated(self, nbytes: int) -> None:
+        if not self._started:
+            self._deliver(_RECEIVE[:nbytes])  # plaintext before STARTTLS
+            return
         self._incoming.write(_RECEIVE[:nbytes])
         if not self._established:
             self._step_handshake()
@@ -321,6 +398,9 @@ class TLSEndpoint(Endpoint):
         self._read_plaintext()
 
     def eof_received(self) -> bool:
+        if not self._started:
+            self._finish_read()
+            return True
         if not self._established:
             self._fail_handshake("the peer closed the connection during the TLS handshake")
             return False
@@ -330,7 +410,7 @@ class TLSEndpoint(Endpoint):
         return True
 
     def _lost_before_link(self, exc: BaseException | None) -> None:
-        if not self.handshake.done():
+        if self._started and not self.handshake.done():
             if exc is None:
                 reason = "the peer closed the connection during the TLS handshake"
             else:
