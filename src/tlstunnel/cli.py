@@ -245,6 +245,9 @@ def run(invocation: Invocation) -> int:
         log(ERR, "Configuration failed")
         return EXIT_FAILURE
     warn_about_unverified_clients(config)
+    for runtime in runtimes.values():  # e.g. verifyChain without checkHost (stunnel's words)
+        for warning in runtime.tls.warnings:
+            log(WARNING, warning)
     if invocation.action == "check":
         log(NOTICE, f"Configuration {config.source} is valid: {len(config.services)} service(s)")
         return EXIT_OK

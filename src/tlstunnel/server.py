@@ -40,6 +40,7 @@ from tlstunnel.net.transparent import check_available as check_transparent
 from tlstunnel.net.transparent import make_listening_transparent, uses_destination
 from tlstunnel.net.unix import bind_unix_socket, remove_socket_file
 from tlstunnel.service import ConnectionBudget, ServiceRuntime
+from tlstunnel.tls import libssl, reload, sni
 from tlstunnel.tls.context import TLSSetupError, build_service_tls
 
 
@@ -79,6 +80,19 @@ def prepare(
         for line in tls.describe_settings():
             log(7, line)
         runtimes[service.name] = runtime
+    for runtime in runtimes.values():
+        primary = runtimes.get(runtime.config.sni_primary or "")
+        if primary is None:
+            continue
+        conflict = sni.check_compatible(primary.tls.context, runtime.tls.context)
+        if conflict is not None:
+            problems.append(f"Service [{runtime.config.name}]: {conflict}")
+        primary.virtual_routes.extend((p, runtime) for p in runtime.config.sni_patterns)
+    for runtime in runtimes.values():
+        try:
+            runtime.install_tls_callbacks()
+        except libssl.LibSSLUnavailable as exc:
+            problems.append(f"Service [{runtime.config.name}]: redirect cannot work here: {exc}")
     if problems:
         raise StartupError(problems)
     return runtimes
@@ -245,6 +259,9 @@ class Server:
         # Everything built so far lives as long as the process: keep the collector from
         # walking it again and again while connections come and go.
         gc.freeze()
+        # Its first look at the files happens now, before any client can see them change.
+        watcher = asyncio.get_running_loop().create_task(self._watch_certificates())
+        await asyncio.sleep(0)
         self.log(INFO, "Accepting new connections")
         if self.config.globals.foreground is Foreground.NO and systemd.under_notify_supervision():
             self.log(
@@ -258,11 +275,52 @@ class Server:
             watchdog.start()  # pings from this loop: a stalled loop stops them
         try:
             await self._stopping.wait()
+            watcher.cancel()
             self.notifier.stopping("Stopping: closing listeners and connections")
             await self._shutdown()
         finally:
             if watchdog is not None:
                 watchdog.stop()
+
+    async def _watch_certificates(self) -> None:
+        """``reload = watch|SECONDS``: rebuild a service's TLS objects when its files
+        change (tls/reload.py); the interval follows the current configuration."""
+        watches: dict[str, tuple[ServiceRuntime, reload.FileWatch]] = {}
+        while True:
+            interval = self.config.globals.reload_interval
+            if interval is None:
+                watches.clear()
+            for name, runtime in self.runtimes.items() if interval is not None else ():
+                known = watches.get(name)
+                if known is None or known[0] is not runtime:  # new, or replaced by SIGHUP
+                    watches[name] = (runtime, reload.FileWatch(reload.tls_files(runtime.config)))
+                elif known[1].changed():
+                    try:
+                        self.reload_certificates(runtime)
+                    except Exception as exc:  # noqa: BLE001 -- the watcher must outlive it
+                        self.log(ERR, f"Service [{name}]: certificate reload failed: {exc!r}")
+            await asyncio.sleep(interval if interval is not None else reload.WATCH_INTERVAL)
+
+    def reload_certificates(self, runtime: ServiceRuntime) -> bool:
+        """Build ``runtime``'s TLS objects anew from its files; keep the old on failure."""
+        name = runtime.config.name
+        try:
+            tls = build_service_tls(runtime.config)
+        except TLSSetupError as exc:
+            self.log(
+                ERR, f"Service [{name}]: certificates not reloaded, keeping the previous: {exc}"
+            )
+            return False
+        previous = runtime.tls
+        runtime.tls = tls
+        try:
+            runtime.install_tls_callbacks()
+        except libssl.LibSSLUnavailable as exc:  # pragma: no cover - it worked at start
+            runtime.tls = previous
+            self.log(ERR, f"Service [{name}]: certificates not reloaded: {exc}")
+            return False
+        self.log(NOTICE, f"Service [{name}]: certificates reloaded")
+        return True
 
     def _listening(self) -> str:
         return f"{len(self.listeners)} listener(s)"

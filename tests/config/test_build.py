@@ -365,10 +365,37 @@ def test_client_sni(folder: Path) -> None:
     assert service(folder, CLIENT + "sni =\n").sni == ""
 
 
-def test_server_mode_sni_is_not_supported_yet(folder: Path) -> None:
-    found = problem(folder, SERVER + "sni = web:*.example.com\n")
-    assert (found.line, found.option) == (5, "sni")
-    assert "not supported yet" in found.message
+VIRTUAL = "[shop]\nsni = web:shop.example.com\nsni = web:*.shop.example\nconnect = 9000\n"
+
+
+def test_server_mode_sni_makes_a_virtual_service_of_the_primary(folder: Path) -> None:
+    result = load(folder, SERVER + VIRTUAL + "cert = cert.pem\n")
+    web, shop = result.config.services
+    assert (web.sni_primary, web.sni_patterns) == (None, ())
+    assert shop.sni_primary == "web"
+    assert shop.sni_patterns == ("shop.example.com", "*.shop.example")
+    assert shop.accept == ()  # a virtual service needs no accept of its own
+    assert shop.sni is None
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("[shop]\nsni = nothere:a.example\nconnect = 9\ncert = cert.pem\n", "not a service"),
+        ("[shop]\nsni = a.example\nconnect = 9\ncert = cert.pem\n", "SERVICE:PATTERN"),
+        ("[shop]\nsni = web:a.*.example\nconnect = 9\ncert = cert.pem\n", "only start"),
+        ("[shop]\nsni = web:a\nsni = other:b\nconnect = 9\ncert = cert.pem\n", "one primary"),
+    ],
+)
+def test_virtual_service_mistakes(folder: Path, text: str, words: str) -> None:
+    found = problem(folder, SERVER + text)
+    assert found.option == "sni"
+    assert words in found.message
+
+
+def test_a_client_sends_one_server_name(folder: Path) -> None:
+    found = problem(folder, CLIENT + "sni = a.test\nsni = b.test\n")
+    assert "one sni line" in found.message
 
 
 def test_sockets_timeouts_delay(folder: Path) -> None:

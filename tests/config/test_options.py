@@ -38,12 +38,8 @@ stack ticketKeySecret ticketMacSecret TIMEOUTbusy TIMEOUTclose TIMEOUTconnect TI
 transparent verify verifyChain verifyPeer
 """)
 MAN_PAGE_ONLY_NAMES = ["fips", "iconActive", "iconError", "iconIdle", "taskbar"]
-NOT_YET = words("""
-CRLfile CRLpath OCSP OCSPaia OCSPflag OCSPnonce OCSPrequire TIMEOUTocsp PSKidentity
-PSKsecrets sessionCacheSize sessionCacheTimeout sessionResume sessiond ticketKeySecret
-ticketMacSecret redirect libwrap ident protocol protocolAuthentication protocolDomain
-protocolHeader protocolHost protocolPassword protocolUsername config
-""")
+# Rows still refused for want of an implementation; each must say so plainly.
+NOT_YET = [spec.name for spec in OPTIONS if spec.reason == "not supported yet"]
 NO_ENGINE = words("engine engineCtrl engineDefault engineId engineNum CAengine")
 NO_EFFECT = ["RNDbytes", "RNDfile", "RNDoverwrite", "stack"]
 
@@ -85,11 +81,9 @@ def test_every_row_has_help_and_a_consistent_status() -> None:
             assert spec.parser is None, spec.name
 
 
-@pytest.mark.parametrize("name", NOT_YET)
-def test_options_not_supported_yet_say_so(name: str) -> None:
-    spec = lookup(name)
-    assert spec is not None and spec.status == "refused"
-    assert spec.reason == "not supported yet"
+def test_no_option_is_left_unimplemented_without_a_reason() -> None:
+    """Every refused row says why tlstunnel refuses it, never just "not supported yet"."""
+    assert NOT_YET == []
 
 
 @pytest.mark.parametrize("name", NO_ENGINE)

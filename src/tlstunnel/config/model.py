@@ -173,6 +173,14 @@ class ServiceConfig:
     socket_user: str | None = None
     socket_group: str | None = None
 
+    # Server-mode sni = PRIMARY:PATTERN: this section is a virtual service of PRIMARY,
+    # chosen during the handshake when the client's SNI matches one of the patterns.
+    sni_primary: str | None = None
+    sni_patterns: tuple[str, ...] = ()
+
+    # Server mode: clients failing certificate authentication are connected here.
+    redirect: tuple[Address, ...] = ()
+
     # protocol = NAME: an application protocol spoken around TLS (tlstunnel.protocols).
     protocol: str | None = None
     protocol_host: str | None = None  # protocolHost: host part
@@ -187,6 +195,41 @@ class ServiceConfig:
     # acceptProxy: each client starts with a PROXY v1/v2 header (from these sources only).
     accept_proxy: bool = False
     accept_proxy_from: tuple[str, ...] = ()
+
+    # ALPN, identity rules and the policy hook (tls/alpn.py, tls/peer_acl.py, tls/policy.py).
+    alpn: tuple[str, ...] = ()  # best first: selected from (server) or offered (client)
+    allow_cn: tuple[str, ...] = ()
+    allow_ou: tuple[str, ...] = ()
+    allow_dns: tuple[str, ...] = ()
+    allow_uri: tuple[str, ...] = ()  # patterns: * within a path segment, ** across
+    allow_spki: tuple[bytes, ...] = ()  # SHA-256 digests of SubjectPublicKeyInfo
+    policy: str | None = None  # package.module:function
+    policy_folder: str | None = None  # the configuration's folder, also searched for it
+
+    # TLS sessions and pre-shared keys (tls/sessions.py, tls/psk.py).  None: stunnel's
+    # defaults (1000 entries, 300 s).  Secrets stay out of repr().
+    session_cache_size: int | None = None  # 0: unlimited
+    session_cache_timeout: float | None = None
+    session_resume: bool = True
+    ticket_key_secret: bytes | None = field(default=None, repr=False)
+    ticket_mac_secret: bytes | None = field(default=None, repr=False)
+    psk_secrets: tuple[tuple[str, bytes], ...] = field(default=(), repr=False)
+    psk_identity: str | None = None  # client mode; None: the file's first identity
+
+    # Certificate revocation (tls/revocation.py, tls/ocsp.py); stunnel's defaults.
+    crl_file: str | None = None
+    crl_path: str | None = None
+    ocsp_url: str | None = None  # http://HOST[:PORT]/PATH, asked about the peer's leaf
+    ocsp_aia: bool = False  # also ask the responders each certificate's AIA names
+    ocsp_flags: tuple[str, ...] = ()  # OCSPflag names (NOINTERN, NOSIGS, ...)
+    ocsp_nonce: bool = False
+    ocsp_require: bool = True  # refuse the peer when no conclusive answer arrives
+    timeout_ocsp: float = 5.0  # the whole exchange with one responder
+
+    # libwrap: TCP wrappers (net/hosts_access.py, net/libwrap.py); the daemon name is `name`.
+    libwrap: bool = False
+    hosts_allow: str = "/etc/hosts.allow"
+    hosts_deny: str = "/etc/hosts.deny"
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,6 +256,8 @@ class GlobalConfig:
     max_connections: int | None = None
     # On stop, wait up to this long for live connections to end before closing them.
     timeout_drain: float = 0.0
+    # reload = watch|SECONDS: look this often for changed certificate files (None: never).
+    reload_interval: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

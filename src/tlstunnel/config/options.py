@@ -147,6 +147,9 @@ CHROOT = _on("chroot", G, v.existing_folder("chroot"), "DIRECTORY", "none",
              "confine the process to this folder once the ports are bound (Unix)")
 TIMEOUT_DRAIN = _on("TIMEOUTdrain", G, v.seconds, "SECONDS", "0",
                     "on stop, wait this long for open connections to finish; 0 closes them")
+RELOAD = _on("reload", G, v.reload_interval, "no|watch|SECONDS", "no",
+             "reload certificates, keys, CAs and CRLs when their files change (watch: "
+             "look every 2 s)")
 FIPS = _on("fips", G, v.fips, "no", "no", "FIPS 140 mode; only no is accepted")
 SERVICE = _on("service", B, v.text, "NAME", "stunnel",
               "process name for syslog; names the service in inetd mode")
@@ -201,8 +204,28 @@ CHECK_HOST = _on("checkHost", S, v.text, "HOST", "", "peer certificate must name
 CHECK_IP = _on("checkIP", S, v.ip_address, "IP", "", "peer certificate must name this IP", True)
 CHECK_EMAIL = _on("checkEmail", S, v.text, "EMAIL", "",
                   "peer certificate must name this email address", True)
-SNI = _on("sni", S, v.any_text, "SERVER_NAME", "the connect host name",
-          "client mode: server name to send; empty sends none")
+# Identity rules and the policy hook (tls/peer_acl.py, tls/policy.py); need verifyChain/Peer.
+ALLOW_CN = _on("allowCN", S, v.text, "NAME", "",
+               "admit a peer whose certificate subject has this CN (any allow* line admits)", True)
+ALLOW_OU = _on("allowOU", S, v.text, "NAME", "",
+               "admit a peer whose certificate subject has this OU", True)
+ALLOW_DNS = _on("allowDNS", S, v.text, "NAME", "",
+                "admit a peer whose certificate has this DNS name (any case, no wildcards)", True)
+ALLOW_URI = _on("allowURI", S, v.uri_pattern, "URI", "",
+                "admit a peer whose certificate has a matching URI name; * matches within "
+                "one path segment, ** across segments", True)
+ALLOW_SPKI = _on("allowSPKI", S, v.spki_pin, "sha256:HEX|BASE64", "",
+                 "admit a peer whose public key (DER SubjectPublicKeyInfo) has this SHA-256",
+                 True)
+POLICY = _on("policy", S, v.text, "MODULE:FUNCTION", "none",
+             "Python function that admits (True) or refuses (False or a reason) each peer, "
+             "after the allow* rules; runs on the event loop, so it must be quick")
+SNI = _on("sni", S, v.any_text, "SERVER_NAME|SERVICE:PATTERN", "the connect host name",
+          "client mode: server name to send, empty sends none; server mode: make this "
+          "section a virtual service of SERVICE for names matching PATTERN", True)
+ALPN = _on("alpn", S, v.alpn_list, "PROTOCOL[, PROTOCOL...]", "none",
+           "ALPN, best first: server mode selects the first the client offers; "
+           "client mode offers them; several lines add up", True)
 SSL_VERSION = _on("sslVersion", S, v.tls_version, VERSIONS, "", "allow only this TLS version")
 SSL_VERSION_MIN = _on("sslVersionMin", S, v.tls_version, VERSIONS, "TLSv1.2",
                       "lowest TLS version; the default TLSv1.2 is tlstunnel's secure choice")
@@ -216,6 +239,25 @@ TLS_OPTIONS = _on("options", S, v.tls_option, "[-]NAME", "",
                   "set NAME or clear -NAME, an OpenSSL option without SSL_OP_", True)
 RENEGOTIATION = _on("renegotiation", S, parse_yes_no, "yes|no", "yes",
                     "allow TLS 1.2 renegotiation")
+SESSION_CACHE_SIZE = _on("sessionCacheSize", S, v.integer(0, None), "NUMBER", "1000",
+                         "TLS sessions the server keeps for resumption; 0: no limit")
+SESSION_CACHE_TIMEOUT = _on("sessionCacheTimeout", S, v.seconds, "SECONDS", "300",
+                            "how long a session (cached, or in a ticket) can be resumed")
+SESSION_RESUME = _on("sessionResume", S, parse_yes_no, "yes|no", "yes",
+                     "no: every handshake is a full one (no cache, no tickets, "
+                     "client mode offers no session)")
+TICKET_KEY_SECRET = _on("ticketKeySecret", S, v.ticket_secret, "HEX", "random per start",
+                        "server mode: session ticket encryption secret, 16 or 32 bytes; "
+                        "with ticketMacSecret, tickets survive restarts and work across "
+                        "instances")
+TICKET_MAC_SECRET = _on("ticketMacSecret", S, v.ticket_secret, "HEX", "random per start",
+                        "server mode: session ticket integrity secret, 16 or 32 bytes; "
+                        "needs ticketKeySecret")
+PSK_SECRETS = _on("PSKsecrets", S, v.psk_secrets, "FILE", "none",
+                  "pre-shared keys, IDENTITY:KEY per line (Python >= 3.13); "
+                  "a server with it needs no cert")
+PSK_IDENTITY = _on("PSKidentity", S, v.text, "IDENTITY", "the file's first",
+                   "client mode: which PSKsecrets identity to use")
 TIMEOUT_BUSY = _on("TIMEOUTbusy", S, v.seconds, "SECONDS", "300", "wait this long for data")
 TIMEOUT_CLOSE = _on("TIMEOUTclose", S, v.seconds, "SECONDS", "60",
                     "wait this long for close_notify")
@@ -227,6 +269,10 @@ DELAY = _on("delay", S, parse_yes_no, "yes|no", "no", "look connect names up per
 SOCKET = _on("socket", S, v.socket_option, "a|l|r:OPTION=VALUE[:VALUE]", "",
              "socket option on the accept, local or remote socket", True)
 LOG_ID = _on("logId", S, v.log_id, "sequential", "sequential", "connection id type in log lines")
+REDIRECT = _on("redirect", S, v.connect_address, "[HOST:]PORT", "none",
+                "server mode: send clients that fail certificate authentication here "
+                "instead of connect", True)
+
 # Protocol negotiation (tlstunnel.protocols).
 PROTOCOL = _on("protocol", S, v.protocol_name,
                "smtp|pop3|imap|nntp|ldap|pgsql|connect|socks|proxy", "none",
@@ -235,31 +281,63 @@ PROTOCOL_AUTHENTICATION = _on("protocolAuthentication", S, v.choice(
                                   {"basic": "basic", "ntlm": "ntlm", "plain": "plain",
                                    "login": "login"}),
                               "basic|plain|login", "basic (connect), plain (smtp)",
-                              "how protocolUsername/protocolPassword are sent")
+                              "how protocolUsername/protocolPassword are sent; "
+                              "connect: basic only (ntlm is refused)")
 PROTOCOL_DOMAIN = _on("protocolDomain", S, v.text, "DOMAIN", "none",
                       "domain for protocol authentication")
 PROTOCOL_HEADER = _on("protocolHeader", S, v.header_line, "NAME: VALUE", "none",
                       "connect: extra header line for the proxy", True)
 PROTOCOL_HOST = _on("protocolHost", S, v.host_optional_port, "HOST[:PORT]", "none",
-                    "connect: where the proxy should connect; smtp: the EHLO name; "
-                    "socks client: the destination")
+                    "connect/socks client: HOST:PORT the proxy should connect to "
+                    "(also the TLS server name); smtp: the EHLO name")
 PROTOCOL_PASSWORD = _on("protocolPassword", S, v.any_text, "PASSWORD", "none",
                         "password for protocol authentication")
 PROTOCOL_USERNAME = _on("protocolUsername", S, v.text, "USERNAME", "none",
                         "user name for protocol authentication")
 PROXY_VERSION = _on("proxyVersion", S, v.choice({"1": 1, "2": 2}), "1|2", "1",
-                    "protocol = proxy: PROXY header version sent to the backend")
+                    "protocol = proxy: the header sent to the backend; 1: stunnel's text "
+                    "line, 2: binary, with SNI, ALPN, TLS version, cipher and client CN")
 SOCKS_ALLOW = _on("socksAllow", S, v.network, "NETWORK/PREFIX", "none",
-                  "protocol = socks: also allow targets in this local network", True)
+                  "protocol = socks or connect, server mode: also allow destinations in "
+                  "this network (the tunnel host's own addresses are refused otherwise)", True)
 ACCEPT_PROXY = _on("acceptProxy", S, parse_yes_no, "yes|no", "no",
-                   "clients start with a PROXY v1/v2 header naming the real client")
+                   "each connection starts with a PROXY v1/v2 header naming the real client "
+                   "(from a load balancer); without acceptProxyFrom anyone may send one")
 ACCEPT_PROXY_FROM = _on("acceptProxyFrom", S, v.network, "NETWORK/PREFIX", "anyone",
-                        "acceptProxy: only these sources may send the header", True)
+                        "acceptProxy: only these sources may send the header; others are "
+                        "refused", True)
+# Certificate revocation (CRLfile, CRLpath, OCSP*): tls/revocation.py and tls/ocsp.py.
+CRL_FILE = _on("CRLfile", S, v.readable_file("CRL"), "FILE", "none",
+               "revocation lists (PEM); with CRLs every CA of the peer's chain needs one")
+CRL_PATH = _on("CRLpath", S, v.existing_folder("CRL"), "DIRECTORY", "none",
+               "folder of revocation lists named HASH.r0 ('openssl rehash DIRECTORY')")
+OCSP_URL = _on("OCSP", S, v.ocsp_url, "URL", "none",
+               "ask this http:// OCSP responder about the peer's certificate (needs verifyChain)")
+OCSP_AIA = _on("OCSPaia", S, parse_yes_no, "yes|no", "no",
+               "ask the OCSP responders each certificate names (Authority Information Access)")
+OCSP_FLAG = _on("OCSPflag", S, v.ocsp_flag, "FLAG", "",
+                "relax a check on OCSP responses (NOINTERN, NOSIGS, NOCHAIN, NOVERIFY, "
+                "NOEXPLICIT, NOCASIGN, NODELEGATED, NOCHECKS, TRUSTOTHER, NOTIME)", True)
+OCSP_NONCE = _on("OCSPnonce", S, parse_yes_no, "yes|no", "no",
+                 "send a nonce and require the responder to return it")
+OCSP_REQUIRE = _on("OCSPrequire", S, parse_yes_no, "yes|no", "yes",
+                   "refuse the peer when no conclusive OCSP answer arrives")
+TIMEOUT_OCSP = _on("TIMEOUTocsp", S, v.seconds, "SECONDS", "5",
+                   "wait this long for each OCSP responder (connect, send and answer)")
+# TCP wrappers without the C library (net/hosts_access.py, net/libwrap.py).
+LIBWRAP = _on("libwrap", S, parse_yes_no, "yes|no", "no",
+              "check each client against hostsAllow and hostsDeny (hosts_access(5)) before "
+              "any TLS work; the daemon name is the service name; files re-read when changed")
+HOSTS_ALLOW = _on("hostsAllow", S, v.absolute, "FILE", "/etc/hosts.allow",
+                  "libwrap: the allow table; a missing file has no rules")
+HOSTS_DENY = _on("hostsDeny", S, v.absolute, "FILE", "/etc/hosts.deny",
+                 "libwrap: the deny table; a missing file has no rules")
 INCLUDE = _on("include", B, v.any_text, "DIRECTORY", "",
               "read every file of this folder here, in name order")
 
 OPTIONS: tuple[OptionSpec[Any], ...] = (
-    FOREGROUND, PID, OUTPUT, LOG, SYSLOG, SETUID, SETGID, CHROOT, TIMEOUT_DRAIN, FIPS, SERVICE,
+    FOREGROUND, PID, OUTPUT, LOG, SYSLOG, SETUID, SETGID, CHROOT, TIMEOUT_DRAIN, RELOAD, FIPS,
+    SERVICE,
     DEBUG, MAX_CONNECTIONS,
     _idle("RNDbytes", G, v.integer(0, None), "BYTES", "1024", "bytes to read from the seed file"),
     _idle("RNDfile", G, v.text, "FILE", "", "file to seed the random generator from"),
@@ -276,7 +354,8 @@ OPTIONS: tuple[OptionSpec[Any], ...] = (
     _off("taskbar", G, WINDOWS_GUI, "yes|no", "show the tray icon"),
     ACCEPT, CONNECT, EXEC, EXEC_ARGS, PTY, RETRY, LOCAL, RESET, TRANSPARENT, CLIENT, CERT, KEY,
     CA_FILE, CA_PATH, VERIFY_CHAIN, VERIFY_PEER, VERIFY,
-    REQUIRE_CERT, CHECK_HOST, CHECK_IP, CHECK_EMAIL, SNI, SSL_VERSION, SSL_VERSION_MIN,
+    REQUIRE_CERT, CHECK_HOST, CHECK_IP, CHECK_EMAIL, ALLOW_CN, ALLOW_OU, ALLOW_DNS, ALLOW_URI,
+    ALLOW_SPKI, POLICY, SNI, ALPN, SSL_VERSION, SSL_VERSION_MIN,
     SSL_VERSION_MAX, CIPHERS, CIPHERSUITES, CURVES, SECURITY_LEVEL, TLS_OPTIONS, RENEGOTIATION,
     TIMEOUT_BUSY, TIMEOUT_CLOSE, TIMEOUT_CONNECT, TIMEOUT_IDLE, FAILOVER, DELAY, SOCKET, LOG_ID,
     INCLUDE,
@@ -285,29 +364,23 @@ OPTIONS: tuple[OptionSpec[Any], ...] = (
     _off("CAengine", S, NO_ENGINE, "ID", "load a trusted CA certificate from an engine", True),
     _off("engineId", S, NO_ENGINE, "ENGINE_ID", "engine holding this service's key"),
     _off("engineNum", S, NO_ENGINE, "NUMBER", "number of the engine holding the key"),
-    _off("CRLfile", S, NOT_YET, "FILE", "certificate revocation lists"),
-    _off("CRLpath", S, NOT_YET, "DIRECTORY", "folder of hashed revocation lists"),
-    _off("OCSP", S, NOT_YET, "URL", "check certificates with this OCSP responder"),
-    _off("OCSPaia", S, NOT_YET, "yes|no", "check certificates with the responders they name"),
-    _off("OCSPflag", S, NOT_YET, "FLAG", "OCSP responder flag", True),
-    _off("OCSPnonce", S, NOT_YET, "yes|no", "send and check an OCSP nonce"),
-    _off("OCSPrequire", S, NOT_YET, "yes|no", "fail when no OCSP answer arrives"),
-    _off("TIMEOUTocsp", S, NOT_YET, "SECONDS", "wait this long for an OCSP responder"),
-    _off("PSKidentity", S, NOT_YET, "IDENTITY", "identity for pre-shared keys"),
-    _off("PSKsecrets", S, NOT_YET, "FILE", "pre-shared key identities and keys"),
-    _off("sessionCacheSize", S, NOT_YET, "NUMBER", "number of cached TLS sessions"),
-    _off("sessionCacheTimeout", S, NOT_YET, "SECONDS", "keep cached TLS sessions this long"),
-    _off("sessionResume", S, NOT_YET, "yes|no", "allow TLS session resumption"),
-    _off("sessiond", S, NOT_YET, "HOST:PORT", "shared session cache server"),
-    _off("ticketKeySecret", S, NOT_YET, "HEX", "key that encrypts session tickets"),
-    _off("ticketMacSecret", S, NOT_YET, "HEX", "key that authenticates session tickets"),
-    _off("redirect", S, NOT_YET, "[HOST:]PORT", "where clients failing verification go"),
-    _off("libwrap", S, NOT_YET, "yes|no", "check /etc/hosts.allow and /etc/hosts.deny"),
-    _off("ident", S, NOT_YET, "USERNAME", "check the client's IDENT (RFC 1413) user"),
+    CRL_FILE, CRL_PATH, OCSP_URL, OCSP_AIA, OCSP_FLAG, OCSP_NONCE, OCSP_REQUIRE, TIMEOUT_OCSP,
+    SESSION_CACHE_SIZE, SESSION_CACHE_TIMEOUT, SESSION_RESUME, TICKET_KEY_SECRET,
+    TICKET_MAC_SECRET, PSK_SECRETS, PSK_IDENTITY,
+    _off("sessiond", S, "tlstunnel has no shared session cache daemon; set the same "
+         "ticketKeySecret and ticketMacSecret on every instance to resume sessions across "
+         "them", "HOST:PORT", "shared session cache server"),
+    REDIRECT,
+    LIBWRAP, HOSTS_ALLOW, HOSTS_DENY,
+    _off("ident", S, "IDENT (RFC 1413) answers come from the client's own host and prove "
+         "nothing; use client certificates (allowCN, checkHost) or libwrap instead",
+         "USERNAME", "check the client's IDENT (RFC 1413) user"),
     PROTOCOL, PROTOCOL_AUTHENTICATION, PROTOCOL_DOMAIN, PROTOCOL_HEADER, PROTOCOL_HOST,
     PROTOCOL_PASSWORD, PROTOCOL_USERNAME, PROXY_VERSION, SOCKS_ALLOW, ACCEPT_PROXY,
     ACCEPT_PROXY_FROM,
-    _off("config", S, NOT_YET, "COMMAND[:PARAMETER]", "a command for OpenSSL's SSL_CONF", True),
+    _off("config", S, "Python's ssl module cannot pass commands to OpenSSL's SSL_CONF; use "
+         "the matching tlstunnel option (ciphers, curves, options, sslVersionMin...)",
+         "COMMAND[:PARAMETER]", "a command for OpenSSL's SSL_CONF", True),
 )
 
 # fmt: on

@@ -62,9 +62,14 @@ class ServiceShape(Reporter):
                 "keep either exec or connect",
             )
             return
-        if not accept and not on_stdio and not (has_exec and connect):
+        # Server-mode sni lines make a virtual service: its primary accepts for it.
+        secondary = values.get(opt.SNI) is not None and values.get(opt.CLIENT) is not True
+        if not accept and not on_stdio and not (has_exec and connect) and not secondary:
             self.problem(location, "", f"{where} needs accept = [HOST:]PORT: where to listen")
-        if targets == 0:
+        # protocol = socks / connect in server mode: each request names the destination.
+        protocol = values.get(opt.PROTOCOL) or ""
+        requested = protocol in ("socks", "connect") and not values.get(opt.CLIENT)
+        if targets == 0 and not requested:
             self.problem(
                 location,
                 "",

@@ -449,3 +449,112 @@ def header_line(value: str, _base_dir: str) -> str:
     if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", name.strip()):
         raise BadValue(f"{name.strip()!r} is not a valid HTTP header name")
     return f"{name.strip()}: {rest.strip()}"
+
+
+def alpn_list(value: str, _base_dir: str) -> tuple[str, ...]:
+    """``alpn``: protocol names separated by commas, best first (``h2, http/1.1``)."""
+    from tlstunnel.tls.alpn import parse_alpn_list
+
+    try:
+        return parse_alpn_list(value)
+    except ValueError as exc:
+        raise BadValue(str(exc)) from None
+
+
+def uri_pattern(value: str, _base_dir: str) -> str:
+    """``allowURI``: a URI where ``*`` matches within one path segment, ``**`` across."""
+    from tlstunnel.tls.peer_acl import compile_uri_pattern
+
+    try:
+        compile_uri_pattern(value)
+    except ValueError as exc:
+        raise BadValue(str(exc)) from None
+    return value
+
+
+def spki_pin(value: str, _base_dir: str) -> bytes:
+    """``allowSPKI``: ``sha256:`` and the hex or base64 SHA-256 of a SubjectPublicKeyInfo."""
+    from tlstunnel.tls.peer_acl import parse_spki_pin
+
+    try:
+        return parse_spki_pin(value)
+    except ValueError as exc:
+        raise BadValue(str(exc)) from None
+
+
+def ticket_secret(value: str, _base_dir: str) -> bytes:
+    """``ticketKeySecret``/``ticketMacSecret``: 16 or 32 bytes in hex, colons allowed
+    between digit pairs (stunnel's syntax)."""
+    if not re.fullmatch(r"[0-9A-Fa-f]{2}(:?[0-9A-Fa-f]{2})*", value):
+        raise BadValue(
+            "write the secret as 32 or 64 hexadecimal digits (16 or 32 bytes), "
+            "optionally with ':' between digit pairs"
+        )
+    secret = bytes.fromhex(value.replace(":", ""))
+    if len(secret) not in (16, 32):
+        raise BadValue(f"the secret is {len(secret)} bytes; it must be 16 or 32 bytes")
+    return secret
+
+
+def psk_secrets(value: str, base_dir: str) -> tuple[tuple[str, bytes], ...]:
+    """``PSKsecrets``: the file's IDENTITY:KEY lines, read now so mistakes name their line."""
+    from tlstunnel.tls.psk import PSKFileError, psk_unsupported_reason, read_psk_file
+
+    path = readable_file("PSKsecrets")(value, base_dir)
+    reason = psk_unsupported_reason()
+    if reason:
+        raise BadValue(reason)
+    try:
+        return read_psk_file(path)
+    except PSKFileError as exc:
+        raise BadValue(str(exc)) from None
+
+
+# Certificate revocation: stunnel's OCSPflag names, and what each means here.
+OCSP_FLAGS_HONOURED = frozenset(
+    {"NOINTERN", "NOSIGS", "NOCHAIN", "NOVERIFY", "NOEXPLICIT", "NOCASIGN", "NODELEGATED",
+     "NOCHECKS", "TRUSTOTHER", "NOTIME"}
+)  # fmt: skip
+OCSP_FLAGS_REFUSED = {
+    "NOCERTS": "it only shapes signed OCSP requests, and stunnel sends unsigned ones",
+    "RESPID_KEY": "it only shapes the responses a responder signs; this is the client side",
+}
+
+
+def ocsp_url(value: str, _base_dir: str) -> str:
+    """``OCSP``: an ``http://HOST[:PORT][/PATH]`` responder URL."""
+    from tlstunnel.tls.ocsp_http import ResponderURL
+
+    try:
+        return ResponderURL.parse(value).text
+    except ValueError as exc:
+        raise BadValue(str(exc)) from None
+
+
+def ocsp_flag(value: str, _base_dir: str) -> str:
+    """``OCSPflag``: one of stunnel's flag names (any letter case)."""
+    name = value.strip().upper()
+    if name in OCSP_FLAGS_REFUSED:
+        raise BadValue(f"OCSPflag = {name} is not supported: {OCSP_FLAGS_REFUSED[name]}")
+    if name not in OCSP_FLAGS_HONOURED:
+        known = _words(sorted(OCSP_FLAGS_HONOURED | set(OCSP_FLAGS_REFUSED)))
+        raise BadValue(f"{value!r} is not an OCSP flag; write {known}")
+    return name
+
+
+def reload_interval(value: str, _base_dir: str) -> float | None:
+    """``reload``: no (None), watch (every 2 s) or a number of seconds."""
+    from tlstunnel.tls.reload import WATCH_INTERVAL
+
+    lowered = value.lower()
+    if lowered == "no":
+        return None
+    if lowered == "watch":
+        return WATCH_INTERVAL
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise BadValue(f"{value!r}: write no, watch, or a number of seconds") from None
+    if not 0.1 <= seconds <= 86400:
+        raise BadValue(f"{value!r}: the interval must be between 0.1 and 86400 seconds")
+    return seconds

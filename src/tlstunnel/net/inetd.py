@@ -33,8 +33,9 @@ from tlstunnel.net.endpoint import Endpoint
 from tlstunnel.net.exec import DescriptorTransport, Launcher
 
 if TYPE_CHECKING:
+    from tlstunnel.connection import Connection
     from tlstunnel.server import Server
-    from tlstunnel.service import Connection, ServiceRuntime
+    from tlstunnel.service import ServiceRuntime
 
 RETRY_DELAY = 1.0  # stunnel waits a second before starting the program again
 CHILD_EXIT_GRACE = 1.0  # inetd mode: how long to wait to log the program's exit

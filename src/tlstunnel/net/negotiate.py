@@ -42,11 +42,14 @@ Logger = Callable[[int, str], None]
 
 
 class NegotiationFailed(Exception):
-    """The negotiator gave up, a peer misbehaved, or a deadline passed."""
+    """The negotiator gave up, a peer misbehaved, or a deadline passed.  ``told_client``:
+    its last words included a message to the client (an error reply that should be
+    delivered before the connection closes, not lost to a reset)."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, told_client: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.told_client = told_client
 
 
 @dataclass(slots=True)
@@ -88,8 +91,10 @@ async def negotiate(
         events = _call(negotiator.start)
         while True:
             step: Event | None = None
+            told_client = False
             for event in events:
                 if isinstance(event, Send):
+                    told_client = told_client or event.side is Side.CLIENT
                     endpoint(event.side).send_before_relay(event.data)
                 elif isinstance(event, Note):
                     log(event.level, f"{name}: {event.text}")
@@ -106,7 +111,7 @@ async def negotiate(
                     client.send(step.to_client)
                 return Negotiated(client, server)
             if isinstance(step, Failed):
-                raise NegotiationFailed(f"{name}: {step.reason}")
+                raise NegotiationFailed(f"{name}: {step.reason}", told_client)
             if isinstance(step, Receive):
                 side = step.side
                 spoken.add(side)

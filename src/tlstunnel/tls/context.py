@@ -1,8 +1,9 @@
 """The only place that builds ``ssl.SSLContext`` objects: ``build_service_tls``.
 
 It turns one resolved ``ServiceConfig`` into a ``ServiceTLS``: the context, the checks
-that run on the peer's certificate after the handshake (``check_peer``), the SNI name to
-send (``server_hostname``) and the lines stunnel logs at debug level
+that run on the peer's certificate after the handshake (``check_peer``; then
+``check_access``: the allow* rules of ``peer_acl`` and the ``policy`` hook), ALPN (``alpn.py``),
+the SNI name to send (``server_hostname``) and the lines stunnel logs at debug level
 (``describe_settings``).  Any setting that cannot be honoured raises ``TLSSetupError``
 at build time, never at the first connection.
 
@@ -41,7 +42,8 @@ What Python's ``ssl`` can and cannot express (Python 3.11, OpenSSL 3.0)
   2 when unset; ``SSLContext.security_level`` reads it back for the log line.
 
 Always set: ``OP_NO_COMPRESSION``, and ``OP_CIPHER_SERVER_PREFERENCE`` on servers.
-Session caching and tickets keep OpenSSL's defaults.  CPython's ``SSLContext``
+Session cache, timeout, resumption and ticket keys: ``sessions``; pre-shared keys:
+``psk``.  CPython's ``SSLContext``
 constructor already calls ``SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS)`` (read in
 3.11's ``_ssl.c``), so idle connections give their record buffers back.
 """
@@ -51,11 +53,18 @@ from __future__ import annotations
 import os
 import ssl
 import warnings
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from tlstunnel.tls.alpn import apply_alpn, describe_alpn
 from tlstunnel.tls.errors import TLSSetupError
 from tlstunnel.tls.identity import load_identity
 from tlstunnel.tls.options import OptionChanges, resolve_options, supported_option_names
+from tlstunnel.tls.peer_acl import PeerACL, PeerCertificate
+from tlstunnel.tls.policy import Policy, PolicyError, load_policy
+from tlstunnel.tls.psk import PSK_DEFAULT_CIPHERS, configure_psk
+from tlstunnel.tls.revocation import load_crls, ocsp_support_missing
+from tlstunnel.tls.sessions import configure_sessions
 from tlstunnel.tls.verify import PinnedCertificates, SubjectChecks, parse_ip, pem_certificates
 
 __all__ = [
@@ -67,6 +76,7 @@ __all__ = [
 
 if TYPE_CHECKING:  # only the type: the config package is not needed at run time
     from tlstunnel.config.model import ServiceConfig
+    from tlstunnel.tls.ocsp import OCSPChecker  # imports cryptography: only when configured
 
 # Mozilla "intermediate" without DHE: ECDHE key exchange with AES-GCM or ChaCha20 only.
 DEFAULT_CIPHERS = ":".join(
@@ -133,9 +143,13 @@ class ServiceTLS:
     """
 
     __slots__ = (
+        "_acl",
         "_checks",
         "_pinned",
+        "_policy",
+        "_psk_only",
         "_require_cert",
+        "_revocation",
         "_settings",
         "_sni",
         "_verifying",
@@ -156,8 +170,16 @@ class ServiceTLS:
         sni: str | None,
         settings: tuple[str, ...],
         warnings: tuple[str, ...] = (),
+        acl: PeerACL | None = None,
+        policy: Policy | None = None,
+        revocation: OCSPChecker | None = None,
+        psk_only: bool = False,
     ) -> None:
         self.context = context
+        # Client mode with PSKsecrets and no certificate verification: the pre-shared key
+        # is the only proof of the server's identity, so a server that answers with a
+        # certificate instead (a downgrade anyone could perform) is refused.
+        self._psk_only = psk_only
         self.server_side = server_side
         self.warnings = warnings  # stunnel logs these at warning level when it starts
         self._verifying = verifying
@@ -166,10 +188,26 @@ class ServiceTLS:
         self._checks = checks
         self._sni = sni
         self._settings = settings
+        self._acl = acl if acl else None  # allow* rules (peer_acl.py)
+        self._policy = policy  # the policy hook (policy.py)
+        self._revocation = revocation  # OCSP checks (ocsp.py); CRLs are in the context
+
+    async def check_revocation(
+        self, sslobj: ssl.SSLObject | ssl.SSLSocket, log: Callable[[int, str], None]
+    ) -> str | None:
+        """After ``check_peer``: None, or why OCSP refuses the peer's certificate."""
+        if self._revocation is None:
+            return None
+        return await self._revocation.check(sslobj, log)
 
     def check_peer(self, sslobj: ssl.SSLObject | ssl.SSLSocket) -> str | None:
         """After the handshake: None to accept the peer, or why it is refused."""
         if not self._verifying:
+            if self._psk_only and sslobj.getpeercert(binary_form=True) is not None:
+                return (
+                    "the server authenticated with a certificate, not the pre-shared key; "
+                    "add verifyChain or verifyPeer to accept servers with certificates"
+                )
             return None
         der = sslobj.getpeercert(binary_form=True)
         if der is None:
@@ -185,6 +223,20 @@ class ServiceTLS:
             if not cert:
                 return "the peer's certificate could not be decoded for the subject checks"
             return self._checks.refusal(cert)
+        return None
+
+    def check_access(
+        self, sslobj: ssl.SSLObject | ssl.SSLSocket, source: object = None
+    ) -> str | None:
+        """After ``check_peer``: the allow* rules, then the policy hook; None admits the
+        peer, else why it is refused.  ``source`` is the peername of whoever connected
+        to the tunnel (handed to the hook)."""
+        if self._acl is not None:
+            refusal = self._acl.refusal(PeerCertificate.of(sslobj))
+            if refusal is not None:
+                return refusal
+        if self._policy is not None:
+            return self._policy.refusal(sslobj, source)
         return None
 
     def server_hostname(self, connect_host: str | None) -> str | None:
@@ -223,6 +275,11 @@ def build_service_tls(svc: ServiceConfig) -> ServiceTLS:
     settings.append(f"Protocol versions: {_VERSION_NAMES[low]} to {_VERSION_NAMES[high]}")
 
     cipher_string = _apply_ciphers(context, svc)
+    if svc.psk_secrets and svc.ciphers is None:
+        # TLS 1.2 PSK handshakes need a PSK cipher; the default list has none (psk.py).
+        cipher_string = f"{cipher_string}:{PSK_DEFAULT_CIPHERS}"
+        context.set_ciphers(cipher_string)
+        settings.append(f"PSK cipher added for TLSv1.2: {PSK_DEFAULT_CIPHERS}")
     settings.append(f"Ciphers: {svc.ciphers if svc.ciphers is not None else DEFAULT_CIPHERS}")
     settings.append(_ciphersuites_setting(context, svc.ciphersuites, high))
     if svc.security_level is not None:
@@ -236,13 +293,21 @@ def build_service_tls(svc: ServiceConfig) -> ServiceTLS:
     _apply_option_bits(context, changes, server_side)
     settings.append(f"TLS options: {int(context.options):#x}")
 
-    load_identity(context, svc.cert, svc.key, server_side=server_side)
+    settings.extend(configure_sessions(svc, context, server_side))
+    settings.extend(configure_psk(svc, context, server_side))
+    # A server with pre-shared keys needs no certificate (stunnel's rule too).
+    load_identity(context, svc.cert, svc.key, server_side=server_side and not svc.psk_secrets)
     if svc.cert is not None:
         settings.append(f"Certificate: {svc.cert}")
 
     checks = _subject_checks(svc)
     pinned = _load_trust(context, svc, server_side, settings)
+    revocation = _load_revocation(context, svc, settings)
     verifying = svc.verify_chain or svc.verify_peer
+    apply_alpn(context, svc.alpn)
+    if svc.alpn:
+        settings.append(describe_alpn(svc.alpn, server_side))
+    acl, policy = _access_rules(svc, server_side, verifying, settings)
     if not server_side and svc.verify_chain and not svc.verify_peer and not checks:
         notes.append(
             f'Service [{svc.name}] uses "verifyChain" without subject checks: '
@@ -258,7 +323,72 @@ def build_service_tls(svc: ServiceConfig) -> ServiceTLS:
         sni=svc.sni,
         settings=tuple(settings),
         warnings=tuple(notes),
+        acl=acl,
+        policy=policy,
+        revocation=revocation,
+        psk_only=not server_side and bool(svc.psk_secrets) and not verifying,
     )
+
+
+def _load_revocation(
+    context: ssl.SSLContext, svc: ServiceConfig, settings: list[str]
+) -> OCSPChecker | None:
+    """CRLs into the store (revocation.py); the OCSP checker when OCSP is configured."""
+    load_crls(context, svc.crl_file, svc.crl_path, settings)
+    if not svc.verify_chain or not (svc.ocsp_url or svc.ocsp_aia):
+        return None
+    missing = ocsp_support_missing()
+    if missing:
+        raise TLSSetupError(missing)
+    from tlstunnel.tls.ocsp import OCSPChecker, OCSPSettings, load_trusted
+
+    ocsp_settings = OCSPSettings(
+        url=svc.ocsp_url,
+        aia=svc.ocsp_aia,
+        flags=frozenset(svc.ocsp_flags),
+        nonce=svc.ocsp_nonce,
+        require=svc.ocsp_require,
+        timeout=svc.timeout_ocsp,
+    )
+    asked = [f"{svc.ocsp_url}"] if svc.ocsp_url else []
+    asked += ["the AIA responders"] if svc.ocsp_aia else []
+    settings.append(
+        f"OCSP: asking {' then '.join(asked)}; OCSPrequire = "
+        f"{'yes' if svc.ocsp_require else 'no'}, TIMEOUTocsp = {svc.timeout_ocsp:g} s"
+    )
+    return OCSPChecker(ocsp_settings, load_trusted(svc.ca_file, svc.ca_path))
+
+
+def _access_rules(
+    svc: ServiceConfig,
+    server_side: bool,
+    verifying: bool,
+    settings: list[str],
+) -> tuple[PeerACL, Policy | None]:
+    """Compile the allow* rules and load the policy hook (both already checked by the
+    configuration builder; checked again here for callers that skip it)."""
+    try:
+        acl = PeerACL.build(
+            common_names=svc.allow_cn,
+            organizational_units=svc.allow_ou,
+            dns_names=svc.allow_dns,
+            uris=svc.allow_uri,
+            spki_digests=svc.allow_spki,
+        )
+    except ValueError as exc:
+        raise TLSSetupError(f"allowURI = {exc}") from None
+    if acl and not verifying:
+        raise TLSSetupError('allow* rules need "verifyChain" or "verifyPeer"')
+    if acl:
+        settings.append(f"Peer allow rules: {', '.join(acl.rule_names())}")
+    if svc.policy is None:
+        return acl, None
+    try:
+        function = load_policy(svc.policy, svc.policy_folder)
+    except PolicyError as exc:
+        raise TLSSetupError(f"policy = {svc.policy}: {exc}") from None
+    settings.append(f"Policy hook: {svc.policy}")
+    return acl, Policy(svc.policy.strip(), function, service=svc.name, server_side=server_side)
 
 
 def _resolve_options(svc: ServiceConfig) -> OptionChanges:

@@ -86,6 +86,12 @@ _REASONS: dict[str, str] = {
 # reader guessing what to change.
 _VERIFY_HINTS: dict[int, str] = {
     2: "the CA that issued it is not in CAfile/CApath",  # UNABLE_TO_GET_ISSUER_CERT
+    # CRLfile/CRLpath (revocation.py): CRLs are checked for every certificate of the chain.
+    3: "CRLfile/CRLpath has no CRL from one of the CAs of its chain; each CA needs one",
+    8: "a CRL in CRLfile/CRLpath does not carry its CA's signature",  # CRL_SIGNATURE_FAILURE
+    11: "a CRL in CRLfile/CRLpath is not valid yet",  # CRL_NOT_YET_VALID
+    12: "a CRL in CRLfile/CRLpath is past its nextUpdate: install a fresh one",
+    23: "a CRL in CRLfile/CRLpath lists it or a CA certificate of its chain",  # CERT_REVOKED
     18: "it is self-signed and not in CAfile/CApath",  # DEPTH_ZERO_SELF_SIGNED_CERT
     19: "its chain ends in a root CA that is not in CAfile/CApath",  # SELF_SIGNED_CERT_IN_CHAIN
     20: "the CA that issued it is not in CAfile/CApath",  # UNABLE_TO_GET_ISSUER_CERT_LOCALLY
