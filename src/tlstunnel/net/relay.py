@@ -27,6 +27,7 @@ so a byte costs one callback per socket read.  The directions are independent:
 from __future__ import annotations
 
 import asyncio
+import errno
 from dataclasses import dataclass
 
 from tlstunnel.net.endpoint import Endpoint
@@ -98,6 +99,11 @@ class Relay:
         if self.done.done():
             return
         peer = self.b if endpoint is self.a else self.a
+        if endpoint.write_done and isinstance(exc, OSError) and exc.errno == errno.ENOTCONN:
+            # Our half-close (shutdown) met a peer that had already closed its socket:
+            # uvloop reports that as ENOTCONN.  Everything it sent had arrived before
+            # its close, so this side ended; it did not break.
+            exc = None
         gone_after_eof = (
             endpoint.read_done
             and peer.read_done
