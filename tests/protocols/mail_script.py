@@ -4,7 +4,8 @@
 negotiator, checks the event contract (``Send``/``Note`` first, then exactly one
 step), keeps what was sent to each side and turns ``NegotiationError`` into
 ``Failed`` as the driver does.  Tests feed it what each peer says and look at what
-the tunnel answered.  ``fuzz`` throws arbitrary bytes at whichever side a
+the tunnel answered; ``Conversation.client_mode`` and ``Conversation.server_mode``
+open one the way every protocol's tests start.  ``fuzz`` throws arbitrary bytes at whichever side a
 negotiator waits on, to check that nothing but ``Failed`` ever comes out of a
 broken peer and that a side's buffer never outgrows the line limit.
 """
@@ -54,6 +55,23 @@ class Conversation:
     def begin(cls, name: str, client_mode: bool, **options: object) -> Conversation:
         conversation = cls(make(name, client_mode, **options))
         conversation._absorb(conversation._call(conversation.negotiator.start))
+        return conversation
+
+    @classmethod
+    def client_mode(cls, name: str, **options: object) -> Conversation:
+        """Client mode, connected: the negotiator waits for the server's greeting."""
+        conversation = cls.begin(name, True, **options)
+        assert conversation.connected() == Receive(Side.SERVER)
+        return conversation
+
+    @classmethod
+    def server_mode(cls, name: str, greeting: bytes, passed_on: bytes) -> Conversation:
+        """Server mode after the backend's ``greeting``, which the client got as
+        ``passed_on``: the negotiator waits for the client's first command."""
+        conversation = cls.begin(name, False)
+        conversation.connected()
+        assert conversation.server(greeting) == Receive(Side.CLIENT)
+        assert conversation.take(Side.CLIENT) == passed_on
         return conversation
 
     def _call(self, method: object, *args: object) -> list[Event]:

@@ -16,6 +16,13 @@
 * ``ScriptedServer``: a line server that answers each line with the next scripted
   reply, for the broken servers no real daemon imitates (garbage greetings, a close
   in mid-negotiation); it records what it received.
+
+Each is a context manager that stops it (``close``), and ``dovecot_fixture`` makes
+the module-scoped Dovecot fixture the IMAP and POP3 tests share.  At the end, what
+the end-to-end tests of every mail protocol do from the other side of the tunnel:
+the service sections (``client_section``/``server_section``), ``closed_after``,
+``refused_by`` (a local client the tunnel turns away) and ``start_tls_by_hand`` (a
+client pipelining plaintext behind its request for TLS).
 """
 
 from __future__ import annotations
@@ -32,9 +39,15 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from types import TracebackType
+from typing import Any, Self
 
+import pytest
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+
+from tests.support.clients import client_context
+from tests.support.pki import PKIFiles
+from tests.support.tunnel import TunnelProcess
 
 USER = "alice"
 PASSWORD = "s3cret"
@@ -63,6 +76,59 @@ def wait_for_port(port: int, timeout: float = 10.0) -> None:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.05)
+
+
+class _Stoppable:
+    """``with Server(...) as server:`` stops the server (``close``) at the end."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class _ThreadedServer(_Stoppable):
+    """A listening socket on 127.0.0.1 whose connections are each served by
+    ``_serve`` in a thread of its own.  ``received`` holds what each connection sent
+    (``_serve`` appends its record)."""
+
+    def __init__(self) -> None:
+        self.received: list[bytearray] = []
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self._sock.getsockname()[1]
+        self._closing = False
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def bytes_received(self) -> bytes:
+        return b"".join(bytes(record) for record in self.received)
+
+    def _accept(self) -> None:
+        while not self._closing:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self._closing = True
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
+        self._sock.close()
+        self._thread.join(5)
 
 
 # -- SMTP: aiosmtpd ------------------------------------------------------------------------
@@ -97,7 +163,7 @@ class _Handler:
         return "250 2.0.0 Message accepted"
 
 
-class SMTPServer:
+class SMTPServer(_Stoppable):
     """aiosmtpd on 127.0.0.1 (its own loop in a thread).  ``tls_context`` offers
     STARTTLS; ``users`` enables AUTH PLAIN/LOGIN (inside TLS only);
     ``refuse_starttls`` advertises STARTTLS but answers it with 454."""
@@ -221,7 +287,7 @@ service pop3-login {{
 """
 
 
-class Dovecot:
+class Dovecot(_Stoppable):
     """A Dovecot instance in ``directory`` with IMAP on ``imap_port`` and POP3 on
     ``pop3_port``; ``ssl`` False: no STARTTLS offered at all."""
 
@@ -266,6 +332,14 @@ class Dovecot:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def tls_logins(self, service: str) -> int:
+        """How many logins to ``service`` (imap, pop3) came over TLS."""
+        return sum(
+            1
+            for row in self.log().splitlines()
+            if f"{service}-login: Info: Login:" in row and "TLS" in row
+        )
+
     def wait_for_log(self, text: str, count: int = 1, timeout: float = 5.0) -> str:
         deadline = time.monotonic() + timeout
         while self.log().count(text) < count:
@@ -285,15 +359,16 @@ class Dovecot:
         shutil.rmtree(self.mail, ignore_errors=True)
 
 
-@contextlib.contextmanager
-def running_dovecot(
-    directory: Path, cert: Path, key: Path, *, ssl: bool = True
-) -> Iterator[Dovecot]:
-    server = Dovecot(directory, cert, key, ssl=ssl)
-    try:
-        yield server
-    finally:
-        server.close()
+def dovecot_fixture(name: str, *, ssl: bool = True) -> Any:
+    """The module-scoped fixture ``name``: one Dovecot (``ssl`` as in ``Dovecot``)
+    for a test module, started on first use and stopped after its last test."""
+
+    def fixture(pki: PKIFiles, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dovecot]:
+        directory = tmp_path_factory.mktemp(name.replace("_", "-"))
+        with Dovecot(directory, pki.server_cert, pki.server_key, ssl=ssl) as server:
+            yield server
+
+    return pytest.fixture(scope="module", name=name)(fixture)
 
 
 # -- NNTP: a small RFC 3977 / RFC 4642 server ------------------------------------------------
@@ -309,7 +384,7 @@ ARTICLE = (
 )
 
 
-class NNTPServer:
+class NNTPServer(_ThreadedServer):
     """A news server with one group (``local.test``) holding one article.
 
     ``starttls`` "yes": offered and done; "refuse": offered, answered with 580;
@@ -329,21 +404,8 @@ class NNTPServer:
         self.starttls = starttls
         self.capabilities = capabilities
         self.greeting = greeting
-        self.received: list[bytearray] = []
         self.tls_sessions = 0
-        self._sock = socket.create_server(("127.0.0.1", 0))
-        self.port: int = self._sock.getsockname()[1]
-        self._closing = False
-        self._thread = threading.Thread(target=self._accept, daemon=True)
-        self._thread.start()
-
-    def _accept(self) -> None:
-        while not self._closing:
-            try:
-                conn, _ = self._sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+        super().__init__()
 
     def _serve(self, conn: socket.socket) -> None:
         record = bytearray()
@@ -394,18 +456,11 @@ class NNTPServer:
                 stream.close()
             conn.close()
 
-    def close(self) -> None:
-        self._closing = True
-        with contextlib.suppress(OSError):
-            self._sock.shutdown(socket.SHUT_RDWR)
-        self._sock.close()
-        self._thread.join(5)
-
 
 # -- broken servers ------------------------------------------------------------------------
 
 
-class ScriptedServer:
+class ScriptedServer(_ThreadedServer):
     """Sends ``replies[0]`` on connect, then the next reply after each line it
     receives; after the last reply it closes (``close_at_end``) or keeps reading.
     Records what each connection sent."""
@@ -413,22 +468,7 @@ class ScriptedServer:
     def __init__(self, replies: list[bytes], *, close_at_end: bool = True) -> None:
         self.replies = replies
         self.close_at_end = close_at_end
-        self.received: list[bytearray] = []
-        self._sock = socket.create_server(("127.0.0.1", 0))
-        self.port: int = self._sock.getsockname()[1]
-        self._thread = threading.Thread(target=self._accept, daemon=True)
-        self._thread.start()
-
-    def bytes_received(self) -> bytes:
-        return b"".join(bytes(record) for record in self.received)
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self._sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+        super().__init__()
 
     def _serve(self, conn: socket.socket) -> None:
         record = bytearray()
@@ -447,8 +487,62 @@ class ScriptedServer:
                 while data := conn.recv(4096):
                     record += data
 
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self._sock.shutdown(socket.SHUT_RDWR)
-        self._sock.close()
-        self._thread.join(5)
+
+# -- the other side of the tunnel ----------------------------------------------------------
+
+
+def client_section(
+    protocol: str, port: int, pki: PKIFiles, extra: str = "", *, service: str = "out"
+) -> str:
+    """Service ``[out]``: plain ``protocol`` in, STARTTLS out to ``port``, the
+    server's certificate verified."""
+    return (
+        f"[{service}]\nclient = yes\naccept = 127.0.0.1:0\n"
+        f"connect = 127.0.0.1:{port}\nprotocol = {protocol}\n"
+        f"CAfile = {pki.ca}\nverifyChain = yes\ncheckHost = localhost\n" + extra
+    )
+
+
+def server_section(protocol: str, port: int, pki: PKIFiles, extra: str = "") -> str:
+    """Service ``[in]``: STARTTLS in, plain ``protocol`` out to ``port``."""
+    return (
+        "[in]\naccept = 127.0.0.1:0\n"
+        f"connect = 127.0.0.1:{port}\nprotocol = {protocol}\ncert = {pki.server}\n" + extra
+    )
+
+
+def closed_after(sock: socket.socket) -> bytes:
+    """Everything the tunnel sends until it closes."""
+    sock.settimeout(10)
+    data = b""
+    with contextlib.suppress(ConnectionResetError):
+        while chunk := sock.recv(4096):
+            data += chunk
+    return data
+
+
+def refused_by(process: TunnelProcess, service: str, says: bytes, notice: bytes) -> str:
+    """A local client connects to ``service`` and ``says`` something; the tunnel must
+    answer exactly ``notice`` and close.  Returns the log once the tunnel has
+    reset the connection."""
+    with socket.create_connection(("127.0.0.1", process.port(service)), timeout=10) as sock:
+        sock.sendall(says)
+        assert closed_after(sock) == notice
+    return process.wait_for_log("Connection reset")
+
+
+def start_tls_by_hand(
+    port: int, ca: Path, request: bytes, answers: int, inside: bytes
+) -> tuple[list[bytes], bytes]:
+    """A client on ``port`` reads the greeting line, sends ``request`` (its request
+    for TLS, and whatever it pipelines around it) in one packet, reads ``answers``
+    lines, then starts TLS and sends ``inside``.  Returns the plaintext lines it read
+    (the greeting first) and all it got inside TLS until the tunnel closed."""
+    raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+    reader = raw.makefile("rb")
+    plaintext = [reader.readline()]
+    raw.sendall(request)
+    plaintext += [reader.readline() for _ in range(answers)]
+    with client_context(ca).wrap_socket(raw, server_hostname="localhost") as tls:
+        tls.sendall(inside)
+        return plaintext, closed_after(tls)

@@ -4,13 +4,10 @@ stunnel4 on either side of tlstunnel."""
 
 from __future__ import annotations
 
-import contextlib
 import imaplib
 import poplib
 import smtplib
-import socket
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import TunnelFactory
+from tests.protocols import mail_servers
 from tests.protocols.mail_script import Conversation, fuzz
 from tests.protocols.mail_servers import (
     PASSWORD,
@@ -25,12 +23,15 @@ from tests.protocols.mail_servers import (
     Dovecot,
     ScriptedServer,
     SMTPServer,
+    dovecot_fixture,
+    refused_by,
     server_context,
+    start_tls_by_hand,
 )
 from tests.support.clients import client_context
 from tests.support.pki import PKIFiles
-from tlstunnel.protocols import imap
-from tlstunnel.protocols.base import Done, Receive, Side, StartTLS
+from tlstunnel.protocols import imap, lines
+from tlstunnel.protocols.base import Done, Side, StartTLS
 
 GREETING = b"* OK [CAPABILITY IMAP4rev1 LITERAL+ STARTTLS LOGINDISABLED] Dovecot ready.\r\n"
 BARE_GREETING = b"* OK IMAP server ready\r\n"
@@ -38,9 +39,7 @@ CAPABILITY = b"* CAPABILITY IMAP4rev1 STARTTLS AUTH=PLAIN\r\nTT1 OK done\r\n"
 
 
 def client_mode() -> Conversation:
-    conversation = Conversation.begin("imap", True)
-    assert conversation.connected() == Receive(Side.SERVER)
-    return conversation
+    return Conversation.client_mode("imap")
 
 
 # -- client mode, no network -------------------------------------------------------------
@@ -125,11 +124,7 @@ def test_client_mode_failures(script: list[bytes], reason: str) -> None:
 
 
 def server_mode() -> Conversation:
-    conversation = Conversation.begin("imap", False)
-    conversation.connected()
-    assert conversation.server(GREETING) == Receive(Side.CLIENT)
-    assert conversation.take(Side.CLIENT) == b"* OK Dovecot ready.\r\n"
-    return conversation
+    return Conversation.server_mode("imap", GREETING, passed_on=b"* OK Dovecot ready.\r\n")
 
 
 def test_server_mode_offers_starttls_and_starts_tls() -> None:
@@ -170,7 +165,7 @@ def test_server_mode_logout_and_too_many_commands() -> None:
     assert conversation.reason == "the client logged out before STARTTLS"
     assert conversation.take(Side.CLIENT) == b"* BYE Logging out\r\nz OK LOGOUT completed\r\n"
     flood = server_mode()
-    flood.client(b"a LOGIN alice hunter2\r\n" * (imap.MAX_REFUSED + 1))
+    flood.client(b"a LOGIN alice hunter2\r\n" * (lines.MAX_REFUSED + 1))
     assert flood.reason == "the client sent 10 commands other than STARTTLS (the last: 'LOGIN')"
 
 
@@ -202,37 +197,16 @@ def test_plausible_lines_never_break_the_negotiator(chunks: list[bytes], client:
 # -- end to end: Dovecot, imaplib, openssl -----------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def dovecot(pki: PKIFiles, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dovecot]:
-    server = Dovecot(tmp_path_factory.mktemp("dovecot"), pki.server_cert, pki.server_key)
-    yield server
-    server.close()
-
-
-@pytest.fixture(scope="module")
-def dovecot_without_tls(
-    pki: PKIFiles, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Dovecot]:
-    server = Dovecot(
-        tmp_path_factory.mktemp("dovecot-plain"), pki.server_cert, pki.server_key, ssl=False
-    )
-    yield server
-    server.close()
+dovecot = dovecot_fixture("dovecot")
+dovecot_without_tls = dovecot_fixture("dovecot_without_tls", ssl=False)
 
 
 def client_section(port: int, pki: PKIFiles) -> str:
-    return (
-        "[out]\nclient = yes\naccept = 127.0.0.1:0\n"
-        f"connect = 127.0.0.1:{port}\nprotocol = imap\n"
-        f"CAfile = {pki.ca}\nverifyChain = yes\ncheckHost = localhost\n"
-    )
+    return mail_servers.client_section("imap", port, pki)
 
 
 def server_section(port: int, pki: PKIFiles) -> str:
-    return (
-        "[in]\naccept = 127.0.0.1:0\n"
-        f"connect = 127.0.0.1:{port}\nprotocol = imap\ncert = {pki.server}\n"
-    )
+    return mail_servers.server_section("imap", port, pki)
 
 
 def log_in(client: imaplib.IMAP4) -> None:
@@ -241,25 +215,8 @@ def log_in(client: imaplib.IMAP4) -> None:
     client.logout()
 
 
-def closed_after(sock: socket.socket) -> bytes:
-    sock.settimeout(10)
-    data = b""
-    with contextlib.suppress(ConnectionResetError):
-        while chunk := sock.recv(4096):
-            data += chunk
-    return data
-
-
-def tls_logins(dovecot: Dovecot) -> int:
-    return sum(
-        1
-        for row in dovecot.log().splitlines()
-        if "imap-login: Info: Login:" in row and "TLS" in row
-    )
-
-
 def test_client_mode_with_imaplib(tunnel: TunnelFactory, pki: PKIFiles, dovecot: Dovecot) -> None:
-    before = tls_logins(dovecot)
+    before = dovecot.tls_logins("imap")
     process = tunnel(client_section(dovecot.imap_port, pki))
     client = imaplib.IMAP4("127.0.0.1", process.port("out"), timeout=10)
     assert client.welcome == b"* OK Dovecot (Debian) ready."
@@ -268,7 +225,7 @@ def test_client_mode_with_imaplib(tunnel: TunnelFactory, pki: PKIFiles, dovecot:
     assert "IMAP4REV1" in client.capabilities
     log_in(client)
     dovecot.wait_for_log("imap-login: Info: Login: user=<alice>")
-    assert tls_logins(dovecot) == before + 1, "Dovecot saw the login over TLS"
+    assert dovecot.tls_logins("imap") == before + 1, "Dovecot saw the login over TLS"
     process.wait_for_log("TLS connected")
 
 
@@ -299,22 +256,16 @@ def test_server_mode_with_openssl_s_client(
 def test_server_mode_discards_plaintext_pipelined_after_starttls(
     tunnel: TunnelFactory, pki: PKIFiles
 ) -> None:
-    backend = ScriptedServer([b"* OK ready\r\n", b"* BYE\r\nz OK bye\r\n"])
-    try:
+    with ScriptedServer([b"* OK ready\r\n", b"* BYE\r\nz OK bye\r\n"]) as backend:
         process = tunnel(server_section(backend.port, pki))
-        raw = socket.create_connection(("127.0.0.1", process.port("in")), timeout=10)
-        reader = raw.makefile("rb")
-        assert reader.readline() == b"* OK ready\r\n"
-        raw.sendall(b"a STARTTLS\r\nb LOGIN evil x\r\n")
-        assert reader.readline() == b"a OK Begin TLS negotiation now\r\n"
-        with client_context(pki.ca).wrap_socket(raw, server_hostname="localhost") as tls:
-            tls.sendall(b"z LOGOUT\r\n")
-            assert closed_after(tls) == b"* BYE\r\nz OK bye\r\n"
+        plaintext, inside = start_tls_by_hand(
+            process.port("in"), pki.ca, b"a STARTTLS\r\nb LOGIN evil x\r\n", 1, b"z LOGOUT\r\n"
+        )
+        assert plaintext == [b"* OK ready\r\n", b"a OK Begin TLS negotiation now\r\n"]
+        assert inside == b"* BYE\r\nz OK bye\r\n"
         log = process.wait_for_log("Connection closed")
         assert "imap: 16 byte(s) of plaintext the client sent after the request for TLS" in log
         assert backend.bytes_received() == b"z LOGOUT\r\n"
-    finally:
-        backend.close()
 
 
 @pytest.mark.parametrize(
@@ -339,26 +290,18 @@ def test_server_mode_discards_plaintext_pipelined_after_starttls(
 def test_client_mode_failures_end_to_end(
     tunnel: TunnelFactory, pki: PKIFiles, script: list[bytes], logged: str
 ) -> None:
-    backend = ScriptedServer(script)
-    try:
+    with ScriptedServer(script) as backend:
         process = tunnel(client_section(backend.port, pki))
-        with socket.create_connection(("127.0.0.1", process.port("out")), timeout=10) as sock:
-            sock.sendall(b"a LOGIN leak x\r\n")
-            assert closed_after(sock) == imap.CLIENT_MODE_FAILURE
-        assert logged in process.wait_for_log("Connection reset")
+        log = refused_by(process, "out", b"a LOGIN leak x\r\n", imap.CLIENT_MODE_FAILURE)
+        assert logged in log
         assert b"leak" not in backend.bytes_received()
-    finally:
-        backend.close()
 
 
 def test_client_mode_server_without_starttls(
     tunnel: TunnelFactory, pki: PKIFiles, dovecot_without_tls: Dovecot
 ) -> None:
     process = tunnel(client_section(dovecot_without_tls.imap_port, pki))
-    with socket.create_connection(("127.0.0.1", process.port("out")), timeout=10) as sock:
-        sock.sendall(b"a LOGIN leak x\r\n")
-        assert closed_after(sock) == imap.CLIENT_MODE_FAILURE
-    log = process.wait_for_log("Connection reset")
+    log = refused_by(process, "out", b"a LOGIN leak x\r\n", imap.CLIENT_MODE_FAILURE)
     assert "imap: the server does not offer STARTTLS (its capabilities: 'IMAP4rev1 " in log
 
 
@@ -401,13 +344,12 @@ def test_the_mail_example_runs_as_written(
 ) -> None:
     """The example file with only its ports and paths changed: IMAP and POP3 in front
     of Dovecot, submission with AUTH PLAIN to a mail server that requires it."""
-    smtp = SMTPServer(
+    with SMTPServer(
         tls_context=server_context(pki.server),
         users={"printer@example.org": "change-me"},
         require_starttls=True,
         auth_required=True,
-    )
-    try:
+    ) as smtp:
         text = EXAMPLE.read_text()
         for old, new in [
             ("accept = 143", "accept = 127.0.0.1:0"),
@@ -440,5 +382,3 @@ def test_the_mail_example_runs_as_written(
         assert smtp.authenticated == ["PLAIN printer@example.org"]
         assert b"EHLO printer.example.org\r\n" in smtp.bytes_received()
         assert len(smtp.messages) == 1
-    finally:
-        smtp.close()

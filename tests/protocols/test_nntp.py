@@ -6,7 +6,6 @@ place."""
 
 from __future__ import annotations
 
-import contextlib
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -17,21 +16,26 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import TunnelFactory
+from tests.protocols import mail_servers
 from tests.protocols.mail_script import Conversation, fuzz
-from tests.protocols.mail_servers import ARTICLE, NNTPServer, ScriptedServer, server_context
+from tests.protocols.mail_servers import (
+    ARTICLE,
+    NNTPServer,
+    ScriptedServer,
+    refused_by,
+    server_context,
+)
 from tests.support.pki import PKIFiles
 from tests.support.tunnel import run_tlstunnel
 from tlstunnel.protocols import negotiator_class, nntp
-from tlstunnel.protocols.base import Done, Receive, Side, StartTLS
+from tlstunnel.protocols.base import Done, Side, StartTLS
 
 GREETING = b"200 news.test InterNetNews NNRP server ready (posting ok)\r\n"
 CAPABILITIES = b"101 Capability list:\r\nVERSION 2\r\nREADER\r\nSTARTTLS\r\n.\r\n"
 
 
 def client_mode() -> Conversation:
-    conversation = Conversation.begin("nntp", True)
-    assert conversation.connected() == Receive(Side.SERVER)
-    return conversation
+    return Conversation.client_mode("nntp")
 
 
 # -- no network ----------------------------------------------------------------------------
@@ -126,17 +130,12 @@ def test_plausible_lines_never_break_the_negotiator(chunks: list[bytes]) -> None
 
 @pytest.fixture
 def news(pki: PKIFiles) -> Iterator[NNTPServer]:
-    server = NNTPServer(server_context(pki.server))
-    yield server
-    server.close()
+    with NNTPServer(server_context(pki.server)) as server:
+        yield server
 
 
 def client_section(port: int, pki: PKIFiles) -> str:
-    return (
-        "[news]\nclient = yes\naccept = 127.0.0.1:0\n"
-        f"connect = 127.0.0.1:{port}\nprotocol = nntp\n"
-        f"CAfile = {pki.ca}\nverifyChain = yes\ncheckHost = localhost\n"
-    )
+    return mail_servers.client_section("nntp", port, pki, service="news")
 
 
 def read_article(port: int) -> bytes:
@@ -154,15 +153,6 @@ def read_article(port: int) -> bytes:
         sock.sendall(b"QUIT\r\n")
         assert reader.readline() == b"205 closing connection\r\n"
         return body
-
-
-def closed_after(sock: socket.socket) -> bytes:
-    sock.settimeout(10)
-    data = b""
-    with contextlib.suppress(ConnectionResetError):
-        while chunk := sock.recv(4096):
-            data += chunk
-    return data
 
 
 def test_reads_news_through_tls(tunnel: TunnelFactory, pki: PKIFiles, news: NNTPServer) -> None:
@@ -208,16 +198,11 @@ def test_server_mode_is_refused_by_the_configuration(pki: PKIFiles, tmp_path: Pa
 def test_failures_end_to_end(
     tunnel: TunnelFactory, pki: PKIFiles, server: dict[str, object], logged: str
 ) -> None:
-    news = NNTPServer(server_context(pki.server), **server)  # type: ignore[arg-type]
-    try:
+    with NNTPServer(server_context(pki.server), **server) as news:  # type: ignore[arg-type]
         process = tunnel(client_section(news.port, pki))
-        with socket.create_connection(("127.0.0.1", process.port("news")), timeout=10) as sock:
-            sock.sendall(b"GROUP leak\r\n")
-            assert closed_after(sock) == nntp.CLIENT_MODE_FAILURE
-        assert logged in process.wait_for_log("Connection reset")
+        log = refused_by(process, "news", b"GROUP leak\r\n", nntp.CLIENT_MODE_FAILURE)
+        assert logged in log
         assert all(b"leak" not in record for record in news.received)
-    finally:
-        news.close()
 
 
 @pytest.mark.parametrize(
@@ -237,16 +222,11 @@ def test_failures_end_to_end(
 def test_broken_servers_end_to_end(
     tunnel: TunnelFactory, pki: PKIFiles, script: list[bytes], logged: str
 ) -> None:
-    backend = ScriptedServer(script)
-    try:
+    with ScriptedServer(script) as backend:
         process = tunnel(client_section(backend.port, pki))
-        with socket.create_connection(("127.0.0.1", process.port("news")), timeout=10) as sock:
-            sock.sendall(b"GROUP leak\r\n")
-            assert closed_after(sock) == nntp.CLIENT_MODE_FAILURE
-        assert logged in process.wait_for_log("Connection reset")
+        log = refused_by(process, "news", b"GROUP leak\r\n", nntp.CLIENT_MODE_FAILURE)
+        assert logged in log
         assert b"leak" not in backend.bytes_received()
-    finally:
-        backend.close()
 
 
 @pytest.mark.interop

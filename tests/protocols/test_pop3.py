@@ -4,32 +4,36 @@ stunnel4 on either side of tlstunnel."""
 
 from __future__ import annotations
 
-import contextlib
 import poplib
-import socket
 import subprocess
-from collections.abc import Iterator
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import TunnelFactory
+from tests.protocols import mail_servers
 from tests.protocols.mail_script import Conversation, fuzz
-from tests.protocols.mail_servers import PASSWORD, USER, Dovecot, ScriptedServer
+from tests.protocols.mail_servers import (
+    PASSWORD,
+    USER,
+    Dovecot,
+    ScriptedServer,
+    dovecot_fixture,
+    refused_by,
+    start_tls_by_hand,
+)
 from tests.support.clients import client_context
 from tests.support.pki import PKIFiles
-from tlstunnel.protocols import pop3
-from tlstunnel.protocols.base import Done, Failed, Receive, Side, StartTLS
+from tlstunnel.protocols import lines, pop3
+from tlstunnel.protocols.base import Done, Failed, Side, StartTLS
 
 GREETING = b"+OK Dovecot ready. <1896.697170952@mail.test>\r\n"
 CAPA = b"+OK\r\nCAPA\r\nTOP\r\nUIDL\r\nSTLS\r\nSASL PLAIN\r\n.\r\n"
 
 
 def client_mode() -> Conversation:
-    conversation = Conversation.begin("pop3", True)
-    assert conversation.connected() == Receive(Side.SERVER)
-    return conversation
+    return Conversation.client_mode("pop3")
 
 
 # -- client mode, no network -------------------------------------------------------------
@@ -101,11 +105,7 @@ def test_client_mode_failures(script: list[bytes], reason: str) -> None:
 
 
 def server_mode() -> Conversation:
-    conversation = Conversation.begin("pop3", False)
-    conversation.connected()
-    assert conversation.server(GREETING) == Receive(Side.CLIENT)
-    assert conversation.take(Side.CLIENT) == GREETING
-    return conversation
+    return Conversation.server_mode("pop3", GREETING, passed_on=GREETING)
 
 
 def test_server_mode_offers_stls_and_starts_tls() -> None:
@@ -134,7 +134,7 @@ def test_server_mode_drops_plaintext_pipelined_after_stls() -> None:
 
 def test_server_mode_too_many_commands_never_logs_arguments() -> None:
     conversation = server_mode()
-    conversation.client(b"PASS hunter2\r\n" * (pop3.MAX_REFUSED + 1))
+    conversation.client(b"PASS hunter2\r\n" * (lines.MAX_REFUSED + 1))
     assert conversation.reason == "the client sent 10 commands other than STLS (the last: 'PASS')"
 
 
@@ -168,37 +168,16 @@ def test_plausible_lines_never_break_the_negotiator(chunks: list[bytes], client:
 # -- end to end: Dovecot, poplib, openssl ------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def dovecot(pki: PKIFiles, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dovecot]:
-    server = Dovecot(tmp_path_factory.mktemp("dovecot"), pki.server_cert, pki.server_key)
-    yield server
-    server.close()
-
-
-@pytest.fixture(scope="module")
-def dovecot_without_tls(
-    pki: PKIFiles, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Dovecot]:
-    server = Dovecot(
-        tmp_path_factory.mktemp("dovecot-plain"), pki.server_cert, pki.server_key, ssl=False
-    )
-    yield server
-    server.close()
+dovecot = dovecot_fixture("dovecot")
+dovecot_without_tls = dovecot_fixture("dovecot_without_tls", ssl=False)
 
 
 def client_section(port: int, pki: PKIFiles) -> str:
-    return (
-        "[out]\nclient = yes\naccept = 127.0.0.1:0\n"
-        f"connect = 127.0.0.1:{port}\nprotocol = pop3\n"
-        f"CAfile = {pki.ca}\nverifyChain = yes\ncheckHost = localhost\n"
-    )
+    return mail_servers.client_section("pop3", port, pki)
 
 
 def server_section(port: int, pki: PKIFiles) -> str:
-    return (
-        "[in]\naccept = 127.0.0.1:0\n"
-        f"connect = 127.0.0.1:{port}\nprotocol = pop3\ncert = {pki.server}\n"
-    )
+    return mail_servers.server_section("pop3", port, pki)
 
 
 def log_in(client: poplib.POP3) -> None:
@@ -208,32 +187,15 @@ def log_in(client: poplib.POP3) -> None:
     client.quit()
 
 
-def closed_after(sock: socket.socket) -> bytes:
-    sock.settimeout(10)
-    data = b""
-    with contextlib.suppress(ConnectionResetError):
-        while chunk := sock.recv(4096):
-            data += chunk
-    return data
-
-
-def tls_logins(dovecot: Dovecot) -> int:
-    return sum(
-        1
-        for line in dovecot.log().splitlines()
-        if "pop3-login: Info: Login:" in line and "TLS" in line
-    )
-
-
 def test_client_mode_with_poplib(tunnel: TunnelFactory, pki: PKIFiles, dovecot: Dovecot) -> None:
-    before = tls_logins(dovecot)
+    before = dovecot.tls_logins("pop3")
     process = tunnel(client_section(dovecot.pop3_port, pki))
     client = poplib.POP3("127.0.0.1", process.port("out"), timeout=10)
     assert client.getwelcome() == b"+OK Dovecot (Debian) ready."
     assert "STLS" not in client.capa(), "inside TLS Dovecot offers no STLS"
     log_in(client)
     dovecot.wait_for_log("pop3-login: Info: Login: user=<alice>")
-    assert tls_logins(dovecot) == before + 1, "Dovecot saw the login over TLS"
+    assert dovecot.tls_logins("pop3") == before + 1, "Dovecot saw the login over TLS"
     process.wait_for_log("TLS connected")
 
 
@@ -267,22 +229,16 @@ def test_server_mode_with_openssl_s_client(
 def test_server_mode_discards_plaintext_pipelined_after_stls(
     tunnel: TunnelFactory, pki: PKIFiles
 ) -> None:
-    backend = ScriptedServer([b"+OK ready\r\n", b"+OK bye\r\n"])
-    try:
+    with ScriptedServer([b"+OK ready\r\n", b"+OK bye\r\n"]) as backend:
         process = tunnel(server_section(backend.port, pki))
-        raw = socket.create_connection(("127.0.0.1", process.port("in")), timeout=10)
-        reader = raw.makefile("rb")
-        assert reader.readline() == b"+OK ready\r\n"
-        raw.sendall(b"STLS\r\nUSER evil\r\n")
-        assert reader.readline() == b"+OK Begin TLS negotiation\r\n"
-        with client_context(pki.ca).wrap_socket(raw, server_hostname="localhost") as tls:
-            tls.sendall(b"QUIT\r\n")
-            assert closed_after(tls) == b"+OK bye\r\n"
+        plaintext, inside = start_tls_by_hand(
+            process.port("in"), pki.ca, b"STLS\r\nUSER evil\r\n", 1, b"QUIT\r\n"
+        )
+        assert plaintext == [b"+OK ready\r\n", b"+OK Begin TLS negotiation\r\n"]
+        assert inside == b"+OK bye\r\n"
         log = process.wait_for_log("Connection closed")
         assert "pop3: 11 byte(s) of plaintext the client sent after the request for TLS" in log
         assert backend.bytes_received() == b"QUIT\r\n"
-    finally:
-        backend.close()
 
 
 @pytest.mark.parametrize(
@@ -306,26 +262,18 @@ def test_server_mode_discards_plaintext_pipelined_after_stls(
 def test_client_mode_failures_end_to_end(
     tunnel: TunnelFactory, pki: PKIFiles, script: list[bytes], logged: str
 ) -> None:
-    backend = ScriptedServer(script)
-    try:
+    with ScriptedServer(script) as backend:
         process = tunnel(client_section(backend.port, pki))
-        with socket.create_connection(("127.0.0.1", process.port("out")), timeout=10) as sock:
-            sock.sendall(b"USER leak\r\n")
-            assert closed_after(sock) == pop3.CLIENT_MODE_FAILURE
-        assert logged in process.wait_for_log("Connection reset")
+        log = refused_by(process, "out", b"USER leak\r\n", pop3.CLIENT_MODE_FAILURE)
+        assert logged in log
         assert b"leak" not in backend.bytes_received()
-    finally:
-        backend.close()
 
 
 def test_client_mode_server_without_stls(
     tunnel: TunnelFactory, pki: PKIFiles, dovecot_without_tls: Dovecot
 ) -> None:
     process = tunnel(client_section(dovecot_without_tls.pop3_port, pki))
-    with socket.create_connection(("127.0.0.1", process.port("out")), timeout=10) as sock:
-        sock.sendall(b"USER leak\r\n")
-        assert closed_after(sock) == pop3.CLIENT_MODE_FAILURE
-    log = process.wait_for_log("Connection reset")
+    log = refused_by(process, "out", b"USER leak\r\n", pop3.CLIENT_MODE_FAILURE)
     assert "pop3: the server does not offer STLS (its CAPA list: '" in log
 
 

@@ -5,7 +5,6 @@ swaks and openssl, and stunnel4 on either side of tlstunnel."""
 from __future__ import annotations
 
 import base64
-import contextlib
 import smtplib
 import socket
 import subprocess
@@ -18,18 +17,21 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import TunnelFactory
+from tests.protocols import mail_servers
 from tests.protocols.mail_script import Conversation, fuzz
 from tests.protocols.mail_servers import (
     PASSWORD,
     USER,
     ScriptedServer,
     SMTPServer,
+    refused_by,
     server_context,
+    start_tls_by_hand,
 )
 from tests.support.clients import client_context
 from tests.support.pki import PKIFiles
 from tests.support.tunnel import run_tlstunnel
-from tlstunnel.protocols import smtp
+from tlstunnel.protocols import lines, smtp
 from tlstunnel.protocols.base import Done, Failed, Receive, Side, StartTLS
 
 GREETING = b"220 mx.example.org ESMTP ready\r\n"
@@ -39,9 +41,7 @@ EHLO_TLS_REPLY = b"250-mx.example.org\r\n250-PIPELINING\r\n250 AUTH PLAIN LOGIN\
 
 def client_mode(**options: object) -> Conversation:
     """A client-mode conversation up to the server's greeting."""
-    conversation = Conversation.begin("smtp", True, **options)
-    assert conversation.connected() == Receive(Side.SERVER)
-    return conversation
+    return Conversation.client_mode("smtp", **options)
 
 
 def up_to_tls(**options: object) -> Conversation:
@@ -248,11 +248,7 @@ def test_client_mode_connect_failure_is_reported() -> None:
 
 def server_mode() -> Conversation:
     """A server-mode conversation after the backend's greeting."""
-    conversation = Conversation.begin("smtp", False)
-    conversation.connected()
-    assert conversation.server(GREETING) == Receive(Side.CLIENT)
-    assert conversation.take(Side.CLIENT) == GREETING
-    return conversation
+    return Conversation.server_mode("smtp", GREETING, passed_on=GREETING)
 
 
 def test_server_mode_offers_starttls_and_starts_tls() -> None:
@@ -306,7 +302,7 @@ def test_server_mode_quit() -> None:
 
 def test_server_mode_too_many_commands() -> None:
     conversation = server_mode()
-    conversation.client(b"AUTH PLAIN c2VjcmV0\r\n" * (smtp.MAX_REFUSED + 1))
+    conversation.client(b"AUTH PLAIN c2VjcmV0\r\n" * (lines.MAX_REFUSED + 1))
     assert conversation.reason == (
         "the client sent 10 commands other than STARTTLS (the last: 'AUTH')"
     )
@@ -361,56 +357,35 @@ MESSAGE = "Subject: through the tunnel\r\n\r\nhello\r\n"
 
 
 def client_section(port: int, pki: PKIFiles, extra: str = "") -> str:
-    """Service ``[out]``: plain SMTP in, STARTTLS out to ``port``, server verified."""
-    return (
-        "[out]\nclient = yes\naccept = 127.0.0.1:0\n"
-        f"connect = 127.0.0.1:{port}\nprotocol = smtp\n"
-        f"CAfile = {pki.ca}\nverifyChain = yes\ncheckHost = localhost\n" + extra
-    )
+    return mail_servers.client_section("smtp", port, pki, extra)
 
 
 def server_section(port: int, pki: PKIFiles, extra: str = "") -> str:
-    """Service ``[in]``: STARTTLS in, plain SMTP out to ``port``."""
-    return (
-        "[in]\naccept = 127.0.0.1:0\n"
-        f"connect = 127.0.0.1:{port}\nprotocol = smtp\ncert = {pki.server}\n" + extra
-    )
+    return mail_servers.server_section("smtp", port, pki, extra)
 
 
 @pytest.fixture
 def tls_smtp(pki: PKIFiles) -> Iterator[SMTPServer]:
     """A mail server that requires STARTTLS and AUTH (alice / s3cret)."""
-    server = SMTPServer(
+    with SMTPServer(
         tls_context=server_context(pki.server),
         users={USER: PASSWORD},
         require_starttls=True,
         auth_required=True,
-    )
-    yield server
-    server.close()
+    ) as server:
+        yield server
 
 
 @pytest.fixture
 def plain_smtp() -> Iterator[SMTPServer]:
     """A mail server with no STARTTLS (the backend of a server-mode tunnel)."""
-    server = SMTPServer()
-    yield server
-    server.close()
+    with SMTPServer() as server:
+        yield server
 
 
 def send_plain(port: int) -> None:
     with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
         client.sendmail("a@example.org", ["b@example.org"], MESSAGE)
-
-
-def closed_after(sock: socket.socket) -> bytes:
-    """Everything the tunnel sends until it closes."""
-    sock.settimeout(10)
-    data = b""
-    with contextlib.suppress(ConnectionResetError):
-        while chunk := sock.recv(4096):
-            data += chunk
-    return data
 
 
 @pytest.mark.parametrize("mechanism", ["plain", "login"])
@@ -447,10 +422,8 @@ def test_client_mode_auth_rejected_end_to_end(
 ) -> None:
     extra = f"protocolUsername = {USER}\nprotocolPassword = wrong\n"
     process = tunnel(client_section(tls_smtp.port, pki, extra))
-    with socket.create_connection(("127.0.0.1", process.port("out")), timeout=10) as sock:
-        sock.sendall(b"EHLO me\r\nMAIL FROM:<a@example.org>\r\n")
-        assert closed_after(sock) == smtp.CLIENT_MODE_FAILURE
-    log = process.wait_for_log(r"Connection reset")
+    says = b"EHLO me\r\nMAIL FROM:<a@example.org>\r\n"
+    log = refused_by(process, "out", says, smtp.CLIENT_MODE_FAILURE)
     assert (
         "smtp: PLAIN authentication failed: '535 5.7.8 Authentication credentials invalid'" in log
     )
@@ -481,16 +454,11 @@ def test_client_mode_auth_rejected_end_to_end(
 def test_client_mode_failures_end_to_end(
     tunnel: TunnelFactory, pki: PKIFiles, server: Any, logged: str
 ) -> None:
-    backend = server(pki)
-    try:
+    with server(pki) as backend:
         process = tunnel(client_section(backend.port, pki))
-        with socket.create_connection(("127.0.0.1", process.port("out")), timeout=10) as sock:
-            sock.sendall(b"EHLO me\r\nMAIL FROM:<leak@example.org>\r\n")
-            assert closed_after(sock) == smtp.CLIENT_MODE_FAILURE
-        assert logged in process.wait_for_log(r"Connection reset")
+        says = b"EHLO me\r\nMAIL FROM:<leak@example.org>\r\n"
+        assert logged in refused_by(process, "out", says, smtp.CLIENT_MODE_FAILURE)
         assert b"leak" not in backend.bytes_received()
-    finally:
-        backend.close()
 
 
 def test_server_mode_with_smtplib(
@@ -564,16 +532,12 @@ def test_server_mode_discards_plaintext_pipelined_after_starttls(
 ) -> None:
     """CVE-2011-0411 end to end: the injected MAIL never reaches the mail server."""
     process = tunnel(server_section(plain_smtp.port, pki))
-    raw = socket.create_connection(("127.0.0.1", process.port("in")), timeout=10)
-    reader = raw.makefile("rb")
-    reader.readline()
-    raw.sendall(b"EHLO x\r\nSTARTTLS\r\nMAIL FROM:<evil@example.org>\r\n")
-    assert reader.readline() == b"250-mx.test\r\n"
-    reader.readline()
-    assert reader.readline() == b"220 2.0.0 Ready to start TLS\r\n"
-    with client_context(pki.ca).wrap_socket(raw, server_hostname="localhost") as tls:
-        tls.sendall(b"EHLO x\r\nQUIT\r\n")
-        closed_after(tls)
+    request = b"EHLO x\r\nSTARTTLS\r\nMAIL FROM:<evil@example.org>\r\n"
+    plaintext, _inside = start_tls_by_hand(
+        process.port("in"), pki.ca, request, 3, b"EHLO x\r\nQUIT\r\n"
+    )
+    assert plaintext[1] == b"250-mx.test\r\n"
+    assert plaintext[3] == b"220 2.0.0 Ready to start TLS\r\n"
     log = process.wait_for_log("Connection closed")
     assert "byte(s) of plaintext the client sent after the request for TLS were discarded" in log
     assert plain_smtp.bytes_received() == b"EHLO x\r\nQUIT\r\n"
@@ -587,13 +551,7 @@ def test_stunnel4_client_mode_into_tlstunnel_server_mode(
     tunnel: TunnelFactory, pki: PKIFiles, plain_smtp: SMTPServer
 ) -> None:
     ours = tunnel(server_section(plain_smtp.port, pki), name="ours")
-    theirs = tunnel(
-        "[out]\nclient = yes\naccept = 127.0.0.1:0\n"
-        f"connect = 127.0.0.1:{ours.port('in')}\nprotocol = smtp\n"
-        f"CAfile = {pki.ca}\nverifyChain = yes\ncheckHost = localhost\n",
-        program="stunnel4",
-        name="stunnel4",
-    )
+    theirs = tunnel(client_section(ours.port("in"), pki), program="stunnel4", name="stunnel4")
     send_plain(theirs.port("out"))
     assert [m.content for m in plain_smtp.messages] == [MESSAGE.encode()]
     ours.wait_for_log("TLS accepted")

@@ -20,13 +20,15 @@ itself until ``STARTTLS``: ``CAPABILITY`` gets ``IMAP4rev1 STARTTLS LOGINDISABLE
 ``NOOP`` gets ``OK``, ``LOGOUT`` gets ``BYE`` and ends the connection, ``STARTTLS``
 gets ``OK Begin TLS negotiation now`` and the handshake; anything else gets ``NO``
 (``LOGIN``, whose password must not travel in plaintext) or ``BAD``, at most
-``MAX_REFUSED`` times.  stunnel forwards the client's ``CAPABILITY`` to the backend
+``lines.MAX_REFUSED`` times.  stunnel forwards the client's ``CAPABILITY`` to the backend
 and adds STARTTLS to the answer; here no byte the client sends before TLS reaches
 the backend, which is in its not-authenticated state when the client's first
 command inside TLS arrives.
 
 Plaintext pipelined behind ``STARTTLS`` is dropped, never forwarded (CVE-2011-0411).
-The states are ``ClientMode.TABLE`` and ``ServerMode.TABLE``.
+The states are ``ClientMode.TABLE`` and ``ServerMode.TABLE``; the steps every
+mail protocol shares (connect, greeting, handshake, the refused-command count) are
+``lines.StartTLSClientMode`` and ``lines.StartTLSServerMode``.
 """
 
 from __future__ import annotations
@@ -37,7 +39,6 @@ from collections.abc import Mapping
 from typing import ClassVar
 
 from tlstunnel.protocols.base import (
-    Connect,
     ConnectionFacts,
     Event,
     NegotiationError,
@@ -49,12 +50,12 @@ from tlstunnel.protocols.lines import (
     CRLF,
     MAX_REPLY_LINES,
     LineHandler,
-    LineNegotiator,
+    StartTLSClientMode,
+    StartTLSServerMode,
     quote,
     strip_eol,
 )
 
-MAX_REFUSED = 10
 CAPABILITY_TAG = b"TT1"
 STARTTLS_TAG = b"TT2"
 CLIENT_MODE_FAILURE = b"* BYE tlstunnel: could not set up TLS with the mail server\r\n"
@@ -105,25 +106,18 @@ class ClientState(enum.Enum):
     HANDSHAKE = "in the TLS handshake"
 
 
-class ClientMode(LineNegotiator):
+class ClientMode(StartTLSClientMode):
     """``client = yes``: the tunnel is the IMAP client up to STARTTLS."""
+
+    CONNECTING = ClientState.CONNECTING
+    GREETING = ClientState.GREETING
+    HANDSHAKE = ClientState.HANDSHAKE
+    FAILURE = CLIENT_MODE_FAILURE
 
     def __init__(self, settings: ProtocolSettings, facts: ConnectionFacts) -> None:
         super().__init__(settings, facts)
-        self.client_notice = CLIENT_MODE_FAILURE
-        self.greeting = b""
         self.capabilities = b""
         self.lines = 0  # lines of the reply being read (bounded)
-
-    def start(self) -> list[Event]:
-        self.state = ClientState.CONNECTING
-        return [Connect()]
-
-    def on_connected(self) -> list[Event]:
-        return self.expect(ClientState.GREETING)
-
-    def on_tls(self, side: Side) -> list[Event]:
-        return self.done(Send(Side.CLIENT, self.greeting))
 
     def _command(self, tag: bytes, command: bytes, state: ClientState) -> list[Event]:
         self.lines = 0
@@ -172,7 +166,7 @@ class ClientMode(LineNegotiator):
             return self.expect(ClientState.STARTTLS)
         if status != b"OK":
             return self.fail(f"the server refused STARTTLS: {quote(line)}")
-        return self.start_tls(Side.SERVER, ClientState.HANDSHAKE)
+        return self.server_agreed()
 
     TABLE: ClassVar[Mapping[enum.Enum, tuple[Side, LineHandler]]] = {
         ClientState.GREETING: (Side.SERVER, _on_greeting),
@@ -188,73 +182,45 @@ class ServerState(enum.Enum):
     HANDSHAKE = "in the TLS handshake"
 
 
-class ServerMode(LineNegotiator):
+class ServerMode(StartTLSServerMode):
     """``client = no``: the tunnel is the IMAP server up to STARTTLS."""
 
-    def __init__(self, settings: ProtocolSettings, facts: ConnectionFacts) -> None:
-        super().__init__(settings, facts)
-        self.client_notice = SERVER_MODE_FAILURE
-        self.refused = 0
-
-    def start(self) -> list[Event]:
-        self.state = ServerState.CONNECTING
-        return [Connect()]
-
-    def on_connected(self) -> list[Event]:
-        return self.expect(ServerState.GREETING)
-
-    def on_tls(self, side: Side) -> list[Event]:
-        return self.done()
-
-    def _answer(self, *lines: bytes) -> list[Event]:
-        return self.expect(
-            ServerState.COMMAND, Send(Side.CLIENT, b"".join(line + CRLF for line in lines))
-        )
+    CONNECTING = ServerState.CONNECTING
+    GREETING = ServerState.GREETING
+    COMMAND = ServerState.COMMAND
+    HANDSHAKE = ServerState.HANDSHAKE
+    FAILURE = SERVER_MODE_FAILURE
+    TLS_COMMAND = "STARTTLS"
+    TOO_MANY = b"* BYE Too many commands before STARTTLS\r\n"
 
     def _on_greeting(self, line: bytes) -> list[Event]:
         greeting, _capabilities = _greeting(line)
-        self.client_notice = None  # from here on the line at hand is answered
-        return self.expect(ServerState.COMMAND, Send(Side.CLIENT, greeting))
+        return self.pass_greeting(greeting)
 
     def _on_command(self, line: bytes) -> list[Event]:
+        # ``refuse`` logs the command's name only: LOGIN's arguments carry a password.
         words = strip_eol(line).split(None, 2)
         tag = words[0] if words else b""
         if not _valid_tag(tag) or len(words) < 2:
-            return self._refuse(b"", b"* BAD Missing tag or command")
+            return self.refuse(b"", b"* BAD Missing tag or command")
         command = words[1].upper()
         arguments = len(words) > 2 and bool(words[2].strip())
         if command == b"CAPABILITY" and not arguments:
-            return self._answer(
+            return self.answer(
                 b"* CAPABILITY " + PRE_TLS_CAPABILITIES, tag + b" OK CAPABILITY completed"
             )
         if command == b"NOOP" and not arguments:
-            return self._answer(tag + b" OK NOOP completed")
+            return self.answer(tag + b" OK NOOP completed")
         if command == b"LOGOUT":
             return self.fail(
                 "the client logged out before STARTTLS",
                 Send(Side.CLIENT, b"* BYE Logging out\r\n" + tag + b" OK LOGOUT completed\r\n"),
             )
         if command == b"STARTTLS" and not arguments:
-            return self.start_tls(
-                Side.CLIENT,
-                ServerState.HANDSHAKE,
-                Send(Side.CLIENT, tag + b" OK Begin TLS negotiation now\r\n"),
-            )
+            return self.accept_tls(tag + b" OK Begin TLS negotiation now")
         if command in (b"LOGIN", b"AUTHENTICATE"):
-            return self._refuse(command, tag + b" NO [PRIVACYREQUIRED] Use STARTTLS first")
-        return self._refuse(command, tag + b" BAD Only STARTTLS is allowed before TLS")
-
-    def _refuse(self, command: bytes, answer: bytes) -> list[Event]:
-        """Answer a command the tunnel does not take before TLS.  The log names the
-        last command, never its arguments (LOGIN's carry a password)."""
-        self.refused += 1
-        if self.refused > MAX_REFUSED:
-            return self.fail(
-                f"the client sent {MAX_REFUSED} commands other than STARTTLS "
-                f"(the last: {quote(command, 20)})",
-                Send(Side.CLIENT, b"* BYE Too many commands before STARTTLS\r\n"),
-            )
-        return self._answer(answer)
+            return self.refuse(command, tag + b" NO [PRIVACYREQUIRED] Use STARTTLS first")
+        return self.refuse(command, tag + b" BAD Only STARTTLS is allowed before TLS")
 
     TABLE: ClassVar[Mapping[enum.Enum, tuple[Side, LineHandler]]] = {
         ServerState.GREETING: (Side.SERVER, _on_greeting),

@@ -18,6 +18,23 @@ obeys them the same way:
 * **A side closing** fails the negotiation with the current state's description
   ("the server closed the connection while waiting for the reply to STARTTLS").
 
+Two skeletons sit on ``LineNegotiator`` because every mail/news protocol walks them
+the same way; what a protocol says and expects stays in its own module, and so does
+its state table (each subclass names which of its states play the shared parts):
+
+* ``StartTLSClientMode`` (``client = yes``): connect (``CONNECTING``), read the
+  greeting (``GREETING``), talk the protocol's way to TLS, run the handshake on the
+  SERVER side (``HANDSHAKE``), then give the local client the server's greeting and
+  relay.  Until then the local client has heard nothing, so a failure reaches it as
+  the protocol's refusal greeting (``FAILURE``).
+* ``StartTLSServerMode`` (``client = no``): connect to the backend, read its
+  greeting and pass it on, then answer the client (``COMMAND``) until it asks for
+  TLS; the handshake runs on the CLIENT side and the relay starts with nothing of
+  the client's plaintext forwarded.  A client that sends more than ``MAX_REFUSED``
+  other commands is shown the door.  Until the greeting is passed on a failure
+  reaches the client as ``FAILURE``; after it, each failure is answered by the line
+  at hand.
+
 The reply readers below turn lines into replies: ``NumericReply`` for SMTP's and
 NNTP's ``NNN text`` (SMTP's ``NNN-`` continuation lines included) and
 ``DotBlock`` for the ``.``-terminated lists of POP3 ``CAPA`` and NNTP
@@ -34,6 +51,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from tlstunnel.protocols.base import (
+    Connect,
     ConnectionFacts,
     Done,
     Event,
@@ -51,6 +69,9 @@ from tlstunnel.protocols.base import (
 
 # A multi-line reply or capability list longer than this is not a mail server talking.
 MAX_REPLY_LINES = 100
+# Commands a client may send before asking for TLS (server mode) before it is shown
+# the door.
+MAX_REFUSED = 10
 # How much of a peer's line a log line shows.
 QUOTE_LIMIT = 100
 
@@ -263,3 +284,103 @@ class LineNegotiator(Negotiator):
                 raise NegotiationError(f"a line longer than {self.max_line} bytes")
             out.extend(events[:-1])
             events = entry[1](self, line)
+
+
+def _lines(*lines: bytes) -> bytes:
+    return b"".join(line + CRLF for line in lines)
+
+
+class _GreetedNegotiator(LineNegotiator):
+    """What both skeletons start with: connect to the server, read its greeting.
+
+    A subclass names its own states for ``CONNECTING``, ``GREETING`` and
+    ``HANDSHAKE`` and gives ``FAILURE``, what the accepted client is told when the
+    negotiation fails before it heard anything else (fixed text, see
+    ``LineNegotiator``)."""
+
+    CONNECTING: ClassVar[enum.Enum]
+    GREETING: ClassVar[enum.Enum]
+    HANDSHAKE: ClassVar[enum.Enum]
+    FAILURE: ClassVar[bytes]
+
+    def __init__(self, settings: ProtocolSettings, facts: ConnectionFacts) -> None:
+        super().__init__(settings, facts)
+        self.client_notice = self.FAILURE
+
+    def start(self) -> list[Event]:
+        self.state = self.CONNECTING
+        return [Connect()]
+
+    def on_connected(self) -> list[Event]:
+        return self.expect(self.GREETING)
+
+
+class StartTLSClientMode(_GreetedNegotiator):
+    """``client = yes``: the tunnel is the protocol's client up to TLS.
+
+    The subclass's greeting handler keeps the server's greeting in ``greeting``; its
+    handler for the server's yes to the TLS command calls ``server_agreed``.  Once
+    the handshake is done the local client gets ``greeting`` and the relay starts
+    (a subclass with more to do inside TLS overrides ``on_tls`` and ends with
+    ``welcome``)."""
+
+    def __init__(self, settings: ProtocolSettings, facts: ConnectionFacts) -> None:
+        super().__init__(settings, facts)
+        self.greeting = b""
+
+    def on_tls(self, side: Side) -> list[Event]:
+        return self.welcome()
+
+    def welcome(self) -> list[Event]:
+        """TLS is up: the local client gets the server's greeting now."""
+        return self.done(Send(Side.CLIENT, self.greeting))
+
+    def server_agreed(self) -> list[Event]:
+        """The server said yes to the TLS command: the handshake on its side."""
+        return self.start_tls(Side.SERVER, self.HANDSHAKE)
+
+
+class StartTLSServerMode(_GreetedNegotiator):
+    """``client = no``: the tunnel is the protocol's server up to TLS.
+
+    The subclass's greeting handler checks the backend's greeting and calls
+    ``pass_greeting``; its ``COMMAND`` handler answers each client line with
+    ``answer``, ``refuse`` (counted: more than ``MAX_REFUSED`` ends the connection
+    with ``TOO_MANY``, and a log line naming ``TLS_COMMAND`` and the client's last
+    command, never its arguments) or ``accept_tls``.  After the handshake the relay
+    starts: the backend hears the client's first command inside TLS."""
+
+    COMMAND: ClassVar[enum.Enum]
+    TLS_COMMAND: ClassVar[str]
+    TOO_MANY: ClassVar[bytes]
+
+    def __init__(self, settings: ProtocolSettings, facts: ConnectionFacts) -> None:
+        super().__init__(settings, facts)
+        self.refused = 0
+
+    def on_tls(self, side: Side) -> list[Event]:
+        return self.done()
+
+    def pass_greeting(self, greeting: bytes) -> list[Event]:
+        """Give the client the backend's ``greeting`` (line ends included)."""
+        self.client_notice = None  # from here on a failure is answered by the line at hand
+        return self.expect(self.COMMAND, Send(Side.CLIENT, greeting))
+
+    def answer(self, *lines: bytes) -> list[Event]:
+        """Say ``lines`` (each without its line end) and wait for the next command."""
+        return self.expect(self.COMMAND, Send(Side.CLIENT, _lines(*lines)))
+
+    def refuse(self, command: bytes, *lines: bytes) -> list[Event]:
+        """Answer ``command`` (its name, for the log) with ``lines``: not before TLS."""
+        self.refused += 1
+        if self.refused > MAX_REFUSED:
+            return self.fail(
+                f"the client sent {MAX_REFUSED} commands other than {self.TLS_COMMAND} "
+                f"(the last: {quote(command, 20)})",
+                Send(Side.CLIENT, self.TOO_MANY),
+            )
+        return self.answer(*lines)
+
+    def accept_tls(self, *lines: bytes) -> list[Event]:
+        """Say ``lines`` (the yes to the TLS command), then the handshake."""
+        return self.start_tls(Side.CLIENT, self.HANDSHAKE, Send(Side.CLIENT, _lines(*lines)))

@@ -15,7 +15,8 @@ talks through TLS (RFC 4642 2.2.2: it must ask ``CAPABILITIES`` again there).
 Until then it has heard nothing, so a failure reaches it as a ``400`` greeting.
 
 Plaintext the server pipelines behind its ``382`` is dropped, never forwarded
-(CVE-2011-0411).  The states are ``ClientMode.TABLE``.
+(CVE-2011-0411).  The states are ``ClientMode.TABLE``; the steps every mail
+protocol shares (connect, greeting, handshake) are ``lines.StartTLSClientMode``.
 """
 
 from __future__ import annotations
@@ -24,13 +25,13 @@ import enum
 from collections.abc import Mapping
 from typing import ClassVar
 
-from tlstunnel.protocols.base import Connect, ConnectionFacts, Event, ProtocolSettings, Send, Side
+from tlstunnel.protocols.base import ConnectionFacts, Event, ProtocolSettings, Send, Side
 from tlstunnel.protocols.lines import (
     CRLF,
     DotBlock,
     LineHandler,
-    LineNegotiator,
     NumericReply,
+    StartTLSClientMode,
     quote,
 )
 
@@ -48,24 +49,17 @@ class ClientState(enum.Enum):
     HANDSHAKE = "in the TLS handshake"
 
 
-class ClientMode(LineNegotiator):
+class ClientMode(StartTLSClientMode):
     """``client = yes``: the tunnel is the NNTP client up to STARTTLS."""
+
+    CONNECTING = ClientState.CONNECTING
+    GREETING = ClientState.GREETING
+    HANDSHAKE = ClientState.HANDSHAKE
+    FAILURE = CLIENT_MODE_FAILURE
 
     def __init__(self, settings: ProtocolSettings, facts: ConnectionFacts) -> None:
         super().__init__(settings, facts)
-        self.client_notice = CLIENT_MODE_FAILURE
-        self.greeting = b""
         self.capabilities = DotBlock("the capability list")
-
-    def start(self) -> list[Event]:
-        self.state = ClientState.CONNECTING
-        return [Connect()]
-
-    def on_connected(self) -> list[Event]:
-        return self.expect(ClientState.GREETING)
-
-    def on_tls(self, side: Side) -> list[Event]:
-        return self.done(Send(Side.CLIENT, self.greeting))
 
     @staticmethod
     def _reply(line: bytes, what: str) -> NumericReply:
@@ -106,7 +100,7 @@ class ClientMode(LineNegotiator):
         reply = self._reply(line, "the reply to STARTTLS")
         if reply.code != 382:
             return self.fail(f"the server refused STARTTLS: {reply.shown()}")
-        return self.start_tls(Side.SERVER, ClientState.HANDSHAKE)
+        return self.server_agreed()
 
     TABLE: ClassVar[Mapping[enum.Enum, tuple[Side, LineHandler]]] = {
         ClientState.GREETING: (Side.SERVER, _on_greeting),

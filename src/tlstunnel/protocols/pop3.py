@@ -16,12 +16,14 @@ heard nothing, so a failure reaches it as a ``-ERR`` greeting.
 just ``STLS`` (RFC 2595 section 4: before TLS the server need offer nothing else),
 ``QUIT`` ends the connection, ``STLS`` gets ``+OK`` and starts the handshake, anything
 else (``USER``, ``PASS``, ``APOP``, ``AUTH``...) gets ``-ERR``, at most
-``MAX_REFUSED`` times.  No byte the client sends before TLS reaches the backend,
+``lines.MAX_REFUSED`` times.  No byte the client sends before TLS reaches the backend,
 which is in its AUTHORIZATION state when the client's first command inside TLS
 arrives.
 
 Plaintext pipelined behind ``STLS`` is dropped, never forwarded (CVE-2011-0411).
-The states are ``ClientMode.TABLE`` and ``ServerMode.TABLE``.
+The states are ``ClientMode.TABLE`` and ``ServerMode.TABLE``; the steps every
+mail protocol shares (connect, greeting, handshake, the refused-command count) are
+``lines.StartTLSClientMode`` and ``lines.StartTLSServerMode``.
 """
 
 from __future__ import annotations
@@ -31,7 +33,6 @@ from collections.abc import Mapping
 from typing import ClassVar
 
 from tlstunnel.protocols.base import (
-    Connect,
     ConnectionFacts,
     Event,
     NegotiationError,
@@ -43,13 +44,13 @@ from tlstunnel.protocols.lines import (
     CRLF,
     DotBlock,
     LineHandler,
-    LineNegotiator,
+    StartTLSClientMode,
+    StartTLSServerMode,
     first_word,
     quote,
     strip_eol,
 )
 
-MAX_REFUSED = 10
 CLIENT_MODE_FAILURE = b"-ERR tlstunnel: could not set up TLS with the mail server\r\n"
 SERVER_MODE_FAILURE = b"-ERR tlstunnel: the mail server is not available\r\n"
 
@@ -73,24 +74,17 @@ class ClientState(enum.Enum):
     HANDSHAKE = "in the TLS handshake"
 
 
-class ClientMode(LineNegotiator):
+class ClientMode(StartTLSClientMode):
     """``client = yes``: the tunnel is the POP3 client up to STLS."""
+
+    CONNECTING = ClientState.CONNECTING
+    GREETING = ClientState.GREETING
+    HANDSHAKE = ClientState.HANDSHAKE
+    FAILURE = CLIENT_MODE_FAILURE
 
     def __init__(self, settings: ProtocolSettings, facts: ConnectionFacts) -> None:
         super().__init__(settings, facts)
-        self.client_notice = CLIENT_MODE_FAILURE
-        self.greeting = b""
         self.capabilities = DotBlock("the CAPA list")
-
-    def start(self) -> list[Event]:
-        self.state = ClientState.CONNECTING
-        return [Connect()]
-
-    def on_connected(self) -> list[Event]:
-        return self.expect(ClientState.GREETING)
-
-    def on_tls(self, side: Side) -> list[Event]:
-        return self.done(Send(Side.CLIENT, self.greeting))
 
     def _on_greeting(self, line: bytes) -> list[Event]:
         if not _status(line, "the server's greeting"):
@@ -117,7 +111,7 @@ class ClientMode(LineNegotiator):
     def _on_stls(self, line: bytes) -> list[Event]:
         if not _status(line, "the reply to STLS"):
             return self.fail(f"the server refused STLS: {quote(line)}")
-        return self.start_tls(Side.SERVER, ClientState.HANDSHAKE)
+        return self.server_agreed()
 
     TABLE: ClassVar[Mapping[enum.Enum, tuple[Side, LineHandler]]] = {
         ClientState.GREETING: (Side.SERVER, _on_greeting),
@@ -134,53 +128,31 @@ class ServerState(enum.Enum):
     HANDSHAKE = "in the TLS handshake"
 
 
-class ServerMode(LineNegotiator):
+class ServerMode(StartTLSServerMode):
     """``client = no``: the tunnel is the POP3 server up to STLS."""
 
-    def __init__(self, settings: ProtocolSettings, facts: ConnectionFacts) -> None:
-        super().__init__(settings, facts)
-        self.client_notice = SERVER_MODE_FAILURE
-        self.refused = 0
-
-    def start(self) -> list[Event]:
-        self.state = ServerState.CONNECTING
-        return [Connect()]
-
-    def on_connected(self) -> list[Event]:
-        return self.expect(ServerState.GREETING)
-
-    def on_tls(self, side: Side) -> list[Event]:
-        return self.done()
-
-    def _answer(self, text: bytes) -> list[Event]:
-        return self.expect(ServerState.COMMAND, Send(Side.CLIENT, text))
+    CONNECTING = ServerState.CONNECTING
+    GREETING = ServerState.GREETING
+    COMMAND = ServerState.COMMAND
+    HANDSHAKE = ServerState.HANDSHAKE
+    FAILURE = SERVER_MODE_FAILURE
+    TLS_COMMAND = "STLS"
+    TOO_MANY = b"-ERR Too many commands before STLS\r\n"
 
     def _on_greeting(self, line: bytes) -> list[Event]:
         if not _status(line, "the server's greeting"):
             return self.fail(f"the server refused the session: {quote(line)}")
-        self.client_notice = None  # from here on the line at hand is answered
-        return self._answer(strip_eol(line) + CRLF)
+        return self.pass_greeting(strip_eol(line) + CRLF)
 
     def _on_command(self, line: bytes) -> list[Event]:
         command = first_word(line)
         if command == b"CAPA":
-            return self._answer(b"+OK Capability list follows\r\nSTLS\r\n.\r\n")
+            return self.answer(b"+OK Capability list follows", b"STLS", b".")
         if command == b"QUIT":
             return self.fail("the client quit before STLS", Send(Side.CLIENT, b"+OK Bye\r\n"))
         if command == b"STLS":
-            return self.start_tls(
-                Side.CLIENT,
-                ServerState.HANDSHAKE,
-                Send(Side.CLIENT, b"+OK Begin TLS negotiation\r\n"),
-            )
-        self.refused += 1
-        if self.refused > MAX_REFUSED:
-            return self.fail(
-                f"the client sent {MAX_REFUSED} commands other than STLS "
-                f"(the last: {quote(command, 20)})",
-                Send(Side.CLIENT, b"-ERR Too many commands before STLS\r\n"),
-            )
-        return self._answer(b"-ERR Command not permitted before STLS\r\n")
+            return self.accept_tls(b"+OK Begin TLS negotiation")
+        return self.refuse(command, b"-ERR Command not permitted before STLS")
 
     TABLE: ClassVar[Mapping[enum.Enum, tuple[Side, LineHandler]]] = {
         ServerState.GREETING: (Side.SERVER, _on_greeting),

@@ -19,7 +19,7 @@ Then it plays the server's part up to STARTTLS: ``EHLO`` gets ``250-<name>`` and
 ``250 STARTTLS`` (the name is the first word of the backend's greeting), ``HELO``,
 ``NOOP`` and ``RSET`` get ``250``, ``QUIT`` gets ``221`` and ends the connection, and
 anything else gets ``530 Must issue a STARTTLS command first`` (at most
-``MAX_REFUSED`` times).  ``STARTTLS`` gets ``220`` and the handshake starts.  After
+``lines.MAX_REFUSED`` times).  ``STARTTLS`` gets ``220`` and the handshake starts.  After
 it the client's commands (its new ``EHLO`` first) go to the backend, which has said
 its greeting and waits for exactly that.  No byte the client sends before TLS
 reaches the backend.
@@ -27,7 +27,9 @@ reaches the backend.
 The states and which side each one reads are in ``ClientMode.TABLE`` and
 ``ServerMode.TABLE``.  Plaintext pipelined behind ``STARTTLS`` (by the client in
 server mode, by the server in client mode) is discarded, never forwarded: that is
-``LineNegotiator.start_tls`` (CVE-2011-0411).
+``LineNegotiator.start_tls`` (CVE-2011-0411).  The steps every mail protocol
+shares (connect, greeting, handshake, the refused-command count) are
+``lines.StartTLSClientMode`` and ``lines.StartTLSServerMode``.
 
 Not done (stunnel does it): in server mode stunnel waits 200 ms and, if the client
 speaks first, assumes implicit TLS (SMTPS) instead of STARTTLS.  A sans-IO negotiator
@@ -42,7 +44,6 @@ from collections.abc import Mapping
 from typing import ClassVar
 
 from tlstunnel.protocols.base import (
-    Connect,
     ConnectionFacts,
     Event,
     ProtocolSettings,
@@ -52,15 +53,14 @@ from tlstunnel.protocols.base import (
 from tlstunnel.protocols.lines import (
     CRLF,
     LineHandler,
-    LineNegotiator,
     NumericReply,
+    StartTLSClientMode,
+    StartTLSServerMode,
     first_word,
     quote,
     strip_eol,
 )
 
-# Commands a client may get wrong before STARTTLS before it is shown the door.
-MAX_REFUSED = 10
 DEFAULT_EHLO_NAME = "localhost"
 
 # What the local client is told when the tunnel gives up (client mode: in place of
@@ -95,37 +95,30 @@ class ClientState(enum.Enum):
     LOGIN_PASSWORD = "waiting for the reply to the password (AUTH LOGIN)"
 
 
-class ClientMode(LineNegotiator):
+class ClientMode(StartTLSClientMode):
     """``client = yes``: the tunnel is the SMTP client up to TLS (and AUTH)."""
+
+    CONNECTING = ClientState.CONNECTING
+    GREETING = ClientState.GREETING
+    HANDSHAKE = ClientState.HANDSHAKE
+    FAILURE = CLIENT_MODE_FAILURE
 
     def __init__(self, settings: ProtocolSettings, facts: ConnectionFacts) -> None:
         super().__init__(settings, facts)
-        self.client_notice = CLIENT_MODE_FAILURE
         self.reply = NumericReply("the server's greeting")
-        self.greeting = b""
         self.ehlo_name = (self.settings.host or DEFAULT_EHLO_NAME).encode("ascii", "replace")
 
     # -- steps ---------------------------------------------------------------------------
 
-    def start(self) -> list[Event]:
-        self.state = ClientState.CONNECTING
-        return [Connect()]
-
-    def on_connected(self) -> list[Event]:
-        return self.expect(ClientState.GREETING)
-
     def on_tls(self, side: Side) -> list[Event]:
+        """Inside TLS: log in first when there are credentials, then ``welcome``."""
         if self.settings.username is None or self.settings.password is None:
-            return self._welcome()
+            return self.welcome()
         return self._command(b"EHLO " + self.ehlo_name, ClientState.EHLO_TLS, "EHLO")
 
     def _command(self, line: bytes, state: ClientState, name: str) -> list[Event]:
         self.reply = NumericReply(f"the reply to {name}")
         return self.expect(state, Send(Side.SERVER, line + CRLF))
-
-    def _welcome(self) -> list[Event]:
-        """TLS (and AUTH) done: the local client gets the server's greeting now."""
-        return self.done(Send(Side.CLIENT, self.greeting))
 
     def _complete(self, line: bytes) -> NumericReply | None:
         """Feed a reply line; the whole reply once it is complete."""
@@ -160,7 +153,7 @@ class ClientMode(LineNegotiator):
             return self.expect(ClientState.STARTTLS)
         if reply.code != 220:
             return self.fail(f"the server refused STARTTLS: {reply.shown()}")
-        return self.start_tls(Side.SERVER, ClientState.HANDSHAKE)
+        return self.server_agreed()
 
     def _on_ehlo_tls(self, line: bytes) -> list[Event]:
         reply = self._complete(line)
@@ -216,7 +209,7 @@ class ClientMode(LineNegotiator):
             return self.expect(state)
         if reply.code != 235:
             return self.fail(f"{mechanism} authentication failed: {reply.shown()}")
-        return self._welcome()
+        return self.welcome()
 
     TABLE: ClassVar[Mapping[enum.Enum, tuple[Side, LineHandler]]] = {
         ClientState.GREETING: (Side.SERVER, _on_greeting),
@@ -237,28 +230,21 @@ class ServerState(enum.Enum):
     HANDSHAKE = "in the TLS handshake"
 
 
-class ServerMode(LineNegotiator):
+class ServerMode(StartTLSServerMode):
     """``client = no``: the tunnel is the SMTP server up to STARTTLS."""
+
+    CONNECTING = ServerState.CONNECTING
+    GREETING = ServerState.GREETING
+    COMMAND = ServerState.COMMAND
+    HANDSHAKE = ServerState.HANDSHAKE
+    FAILURE = SERVER_MODE_FAILURE
+    TLS_COMMAND = "STARTTLS"
+    TOO_MANY = b"421 4.7.0 Too many commands before STARTTLS\r\n"
 
     def __init__(self, settings: ProtocolSettings, facts: ConnectionFacts) -> None:
         super().__init__(settings, facts)
-        self.client_notice = SERVER_MODE_FAILURE
         self.reply = NumericReply("the server's greeting")
         self.server_name = b"localhost"
-        self.refused = 0
-
-    def start(self) -> list[Event]:
-        self.state = ServerState.CONNECTING
-        return [Connect()]
-
-    def on_connected(self) -> list[Event]:
-        return self.expect(ServerState.GREETING)
-
-    def on_tls(self, side: Side) -> list[Event]:
-        return self.done()
-
-    def _answer(self, text: bytes) -> list[Event]:
-        return self.expect(ServerState.COMMAND, Send(Side.CLIENT, text + CRLF))
 
     def _on_greeting(self, line: bytes) -> list[Event]:
         if not self.reply.feed(line):
@@ -269,41 +255,25 @@ class ServerMode(LineNegotiator):
         name = reply.texts()[0].split(None, 1)
         if name:
             self.server_name = name[0]
-        # From here on a failure is the client's doing, answered by the line at hand.
-        self.client_notice = None
-        return self.expect(ServerState.COMMAND, Send(Side.CLIENT, reply.raw()))
+        return self.pass_greeting(reply.raw())
 
     def _on_command(self, line: bytes) -> list[Event]:
         command = first_word(line)
         if command == b"EHLO":
-            return self._answer(b"250-" + self.server_name + b"\r\n250 STARTTLS")
+            return self.answer(b"250-" + self.server_name, b"250 STARTTLS")
         if command == b"HELO":
-            return self._answer(b"250 " + self.server_name)
+            return self.answer(b"250 " + self.server_name)
         if command in (b"NOOP", b"RSET"):
-            return self._answer(b"250 2.0.0 OK")
+            return self.answer(b"250 2.0.0 OK")
         if command == b"QUIT":
             return self.fail(
                 "the client quit before STARTTLS", Send(Side.CLIENT, b"221 2.0.0 Bye" + CRLF)
             )
         if command == b"STARTTLS":
             if strip_eol(line).strip().upper() != b"STARTTLS":
-                return self._refuse(line, b"501 5.5.4 Syntax error (no parameters allowed)")
-            return self.start_tls(
-                Side.CLIENT,
-                ServerState.HANDSHAKE,
-                Send(Side.CLIENT, b"220 2.0.0 Ready to start TLS" + CRLF),
-            )
-        return self._refuse(line, b"530 5.7.0 Must issue a STARTTLS command first")
-
-    def _refuse(self, line: bytes, answer: bytes) -> list[Event]:
-        self.refused += 1
-        if self.refused > MAX_REFUSED:
-            return self.fail(
-                f"the client sent {MAX_REFUSED} commands other than STARTTLS "
-                f"(the last: {quote(first_word(line), 20)})",
-                Send(Side.CLIENT, b"421 4.7.0 Too many commands before STARTTLS" + CRLF),
-            )
-        return self._answer(answer)
+                return self.refuse(command, b"501 5.5.4 Syntax error (no parameters allowed)")
+            return self.accept_tls(b"220 2.0.0 Ready to start TLS")
+        return self.refuse(command, b"530 5.7.0 Must issue a STARTTLS command first")
 
     TABLE: ClassVar[Mapping[enum.Enum, tuple[Side, LineHandler]]] = {
         ServerState.GREETING: (Side.SERVER, _on_greeting),
