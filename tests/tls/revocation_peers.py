@@ -218,3 +218,21 @@ class RecordingTLSServer:
 
     def __exit__(self, *_: object) -> None:
         self.close()
+
+
+def talk(port: int, cert: Path, ca: Path) -> bytes:
+    """Connect with a client certificate, send a line, return what comes back
+    (b"" when the tunnel refused us: alert, reset or close)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.load_verify_locations(str(ca))
+    context.check_hostname = False
+    context.load_cert_chain(str(cert))
+    try:
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=15) as raw,
+            context.wrap_socket(raw) as tls,
+        ):
+            tls.sendall(b"hello\n")
+            return tls.recv(100)
+    except (ssl.SSLError, OSError):
+        return b""

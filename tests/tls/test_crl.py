@@ -22,7 +22,7 @@ from tests.support.tunnel import TunnelProcess
 from tlstunnel.config import ConfigError, load_text
 from tlstunnel.tls import TLSSetupError, build_service_tls
 
-from .revocation_peers import RecordingTLSServer
+from .revocation_peers import RecordingTLSServer, talk
 from .revocation_pki import RevocationPKI, make_revocation_pki
 
 
@@ -38,24 +38,6 @@ def server_tunnel(
         f"[crl]\naccept = 127.0.0.1:0\nconnect = 127.0.0.1:{backend_port}\n"
         f"cert = {rpki.server.bundle_path}\nCAfile = {rpki.ca_file}\nverifyChain = yes\n{trust}"
     )
-
-
-def talk(port: int, cert: Path, ca: Path) -> bytes:
-    """Connect with a client certificate, send a line, return what comes back
-    (b"" when the tunnel refused us: alert, reset or close)."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.load_verify_locations(str(ca))
-    context.check_hostname = False
-    context.load_cert_chain(str(cert))
-    try:
-        with (
-            socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
-            context.wrap_socket(raw) as tls,
-        ):
-            tls.sendall(b"hello\n")
-            return tls.recv(100)
-    except (ssl.SSLError, OSError):
-        return b""
 
 
 # --- server mode: client certificates -------------------------------------------------------

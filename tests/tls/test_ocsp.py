@@ -38,6 +38,7 @@ from .revocation_peers import (
     RecordingTLSServer,
     ReplayResponder,
     closed_port,
+    talk,
 )
 from .revocation_pki import (
     Issued,
@@ -92,22 +93,6 @@ def server_tunnel(
         f"cert = {rpki.server.bundle_path}\nCAfile = {rpki.ca_bundle}\nverifyChain = yes\n"
         f"{ocsp_lines}"
     )
-
-
-def talk(port: int, cert: Path, ca: Path) -> bytes:
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.load_verify_locations(str(ca))
-    context.check_hostname = False
-    context.load_cert_chain(str(cert))
-    try:
-        with (
-            socket.create_connection(("127.0.0.1", port), timeout=15) as raw,
-            context.wrap_socket(raw) as tls,
-        ):
-            tls.sendall(b"hello\n")
-            return tls.recv(100)
-    except (ssl.SSLError, OSError):
-        return b""
 
 
 def test_a_good_client_is_let_through(
