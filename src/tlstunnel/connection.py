@@ -382,7 +382,11 @@ class Connection:
             endpoint.abort()
             raise PeerRefused(reason)
         # OCSP (tls/ocsp.py): asked before any byte is relayed; CRLs were checked by OpenSSL.
-        revoked = await self.route.tls.check_revocation(sslobj, log)
+        revoked = (
+            await self.route.tls.check_revocation(sslobj, log)
+            if self.route.tls.checks_revocation
+            else None
+        )
         if revoked is not None:
             peer = peer_name(endpoint)
             log(WARNING, f"Service [{config.name}]: peer {peer} refused: {revoked}")

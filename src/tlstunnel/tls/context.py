@@ -192,6 +192,11 @@ class ServiceTLS:
         self._policy = policy  # the policy hook (policy.py)
         self._revocation = revocation  # OCSP checks (ocsp.py); CRLs are in the context
 
+    @property
+    def checks_revocation(self) -> bool:
+        """Whether ``check_revocation`` has anything to ask (OCSP is configured)."""
+        return self._revocation is not None
+
     async def check_revocation(
         self, sslobj: ssl.SSLObject | ssl.SSLSocket, log: Callable[[int, str], None]
     ) -> str | None:
