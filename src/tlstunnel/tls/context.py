@@ -56,6 +56,7 @@ import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from tlstunnel.tls import subject_params
 from tlstunnel.tls.alpn import apply_alpn, describe_alpn
 from tlstunnel.tls.errors import TLSSetupError
 from tlstunnel.tls.identity import load_identity
@@ -307,6 +308,8 @@ def build_service_tls(svc: ServiceConfig) -> ServiceTLS:
 
     checks = _subject_checks(svc)
     pinned = _load_trust(context, svc, server_side, settings)
+    if subject_params.install(context, checks):
+        settings.append("Subject checks: during the handshake (OpenSSL), and after it")
     revocation = _load_revocation(context, svc, settings)
     verifying = svc.verify_chain or svc.verify_peer
     apply_alpn(context, svc.alpn)

@@ -116,8 +116,19 @@ def _openssl_text(exc: ssl.SSLError) -> str:
     return text or type(exc).__name__
 
 
+# checkHost/checkEmail/checkIP handed to OpenSSL (subject_params.py): Python words these
+# after the name *it* would have checked (none here: "not valid for '<NULL>'").
+_SUBJECT_MISMATCH: dict[int, str] = {
+    62: "the peer's certificate does not match checkHost (it names none of those hosts)",
+    63: "the peer's certificate does not match checkEmail",
+    64: "the peer's certificate does not match checkIP",
+}
+
+
 def _verify_failure(exc: ssl.SSLError) -> str:
     code = getattr(exc, "verify_code", None)
+    if isinstance(code, int) and code in _SUBJECT_MISMATCH:
+        return _SUBJECT_MISMATCH[code]
     message = getattr(exc, "verify_message", None)
     if not isinstance(message, str) or not message:
         text = _openssl_text(exc)
