@@ -40,7 +40,7 @@ from tlstunnel.net.transparent import check_available as check_transparent
 from tlstunnel.net.transparent import make_listening_transparent, uses_destination
 from tlstunnel.net.unix import bind_unix_socket, remove_socket_file
 from tlstunnel.service import ConnectionBudget, ServiceRuntime
-from tlstunnel.tls import libssl, reload, sni
+from tlstunnel.tls import libssl, reload, sni, stapling
 from tlstunnel.tls.context import TLSSetupError, build_service_tls
 
 
@@ -261,6 +261,8 @@ class Server:
         gc.freeze()
         # Its first look at the files happens now, before any client can see them change.
         watcher = asyncio.get_running_loop().create_task(self._watch_certificates())
+        # OCSP stapling: our certificates' answers are fetched here, never in a handshake.
+        stapler = asyncio.get_running_loop().create_task(stapling.keep_fresh(self.log))
         await asyncio.sleep(0)
         self.log(INFO, "Accepting new connections")
         if self.config.globals.foreground is Foreground.NO and systemd.under_notify_supervision():
@@ -276,6 +278,7 @@ class Server:
         try:
             await self._stopping.wait()
             watcher.cancel()
+            stapler.cancel()
             self.notifier.stopping("Stopping: closing listeners and connections")
             await self._shutdown()
         finally:

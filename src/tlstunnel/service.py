@@ -25,7 +25,7 @@ from tlstunnel.net.upstream import (
 )
 from tlstunnel.protocols import negotiator_class
 from tlstunnel.protocols.base import Negotiator, ProtocolSettings
-from tlstunnel.tls import sni, tolerant_verify
+from tlstunnel.tls import sni, stapling, tolerant_verify
 from tlstunnel.tls.context import ServiceTLS
 
 
@@ -100,10 +100,12 @@ class ServiceRuntime:
         """Server mode: the callbacks a fresh context needs (at start and after certificates
         are reloaded): route handshakes to virtual services by SNI, or just remember the
         name when something downstream wants it (a PROXY header, a policy); with
-        ``redirect``, verification that records failures instead of failing."""
+        ``redirect``, verification that records failures instead of failing.  Both modes:
+        OCSP stapling (tls/stapling.py)."""
+        context = self.tls.context
+        stapling.install(context, self.config, self.log)
         if self.config.client:
             return
-        context = self.tls.context
         if self.redirect_targets is not None:
             tolerant_verify.install(context)
         if self.virtual_routes:

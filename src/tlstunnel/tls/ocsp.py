@@ -6,9 +6,11 @@ unless OCSP is configured, and the configuration is refused when it is missing.
 
 Theory of operation
 -------------------
-Python's ``ssl`` has no OCSP API (no status callback, no stapling), so the check runs
-right after the handshake, before a single byte is relayed, in the order stunnel uses
-in its verify callback (``ocsp.c``):
+Python's ``ssl`` has no OCSP API (no status callback), so the check runs right after
+the handshake, before a single byte is relayed, in the order stunnel uses in its verify
+callback (``ocsp.c``).  In client mode the server's stapled answer, if it sent one
+(``stapling.py`` asks for it), is judged first for the leaf, as in step 3 but without a
+nonce; a good or revoked staple settles the leaf without asking any responder:
 
 1. The chain: on Python >= 3.13 the chain OpenSSL verified
    (``SSLObject.get_verified_chain``).  Before 3.13 Python exposes only the peer's own
@@ -64,6 +66,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from tlstunnel.log import DEBUG, ERR, INFO, NOTICE, WARNING
 from tlstunnel.tls.ocsp_http import ResponderError, ResponderURL, post_ocsp_request
+from tlstunnel.tls.stapling import received_staple
 from tlstunnel.tls.verify import pem_certificates
 
 __all__ = [
@@ -71,6 +74,9 @@ __all__ = [
     "OCSPChecker",
     "OCSPSettings",
     "Status",
+    "aia_urls",
+    "build_chain",
+    "build_request",
     "judge_response",
     "load_trusted",
 ]
@@ -129,6 +135,7 @@ class Finding:
 
     status: str
     lines: tuple[tuple[int, str], ...]
+    next_update: datetime.datetime | None = None  # when a good or revoked answer goes stale
 
 
 # --- trust material -----------------------------------------------------------------------
@@ -434,13 +441,22 @@ def judge_response(der: bytes, ctx: AnswerContext) -> Finding:
             lines.append((NOTICE, f"OCSP: Revoked at: {_stamp(revoked_at)}"))
     else:
         lines.append((WARNING, "OCSP: Unknown verification status"))
-    return Finding(status, tuple(lines))
+    return Finding(status, tuple(lines), next_update)
 
 
 # --- asking -------------------------------------------------------------------------------
 
 
-def _aia_urls(cert: x509.Certificate) -> list[str]:
+def build_request(cert: x509.Certificate, issuer: x509.Certificate, nonce: bytes | None) -> bytes:
+    """The DER request about ``cert`` (SHA-1 CertID, as OpenSSL's default), with ``nonce``."""
+    builder = ocsp.OCSPRequestBuilder().add_certificate(cert, issuer, hashes.SHA1())
+    if nonce is not None:
+        builder = builder.add_extension(x509.OCSPNonce(nonce), critical=False)
+    return builder.build().public_bytes(serialization.Encoding.DER)
+
+
+def aia_urls(cert: x509.Certificate) -> list[str]:
+    """The OCSP responder URLs in the certificate's Authority Information Access."""
     try:
         access = cert.extensions.get_extension_for_class(x509.AuthorityInformationAccess).value
     except x509.ExtensionNotFound:
@@ -470,8 +486,12 @@ class OCSPChecker:
         if chain is None:
             return None  # requireCert = no and no certificate: nothing to check
         last = len(chain) - 1 if _self_signed(chain[-1]) else len(chain)
+        # Client mode asks servers to staple (stapling.py): a staple answers for the leaf.
+        staple = None if sslobj.server_side else received_staple(sslobj)
+        if staple is None and not sslobj.server_side:
+            log(INFO, "OCSP: No OCSP stapling response received")
         for depth in range(last):
-            status = await self._check_one(chain, depth, log)
+            status = await self._check_one(chain, depth, log, staple if depth == 0 else None)
             if status == Status.REVOKED:
                 log(ERR, "OCSP: Rejected (revoked)")
                 return f"certificate at depth {depth} revoked (OCSP)"
@@ -485,15 +505,26 @@ class OCSPChecker:
         return None
 
     async def _check_one(
-        self, chain: Sequence[x509.Certificate], depth: int, log: LogFunction
+        self,
+        chain: Sequence[x509.Certificate],
+        depth: int,
+        log: LogFunction,
+        staple: bytes | None = None,
     ) -> str | None:
-        """The status of ``chain[depth]``; None when there was nothing to ask."""
+        """The status of ``chain[depth]``; None when there was nothing to ask.  A stapled
+        answer is judged like the responder's (without a nonce: a staple cannot carry
+        ours) and, when conclusive, spares the request; otherwise the responders are asked."""
         cert = chain[depth]
+        if staple is not None and depth + 1 < len(chain):
+            log(INFO, "OCSP: OCSP stapling response received")
+            status = self._judge(staple, chain, depth, None, log)
+            if status != Status.UNKNOWN:
+                return status
         urls: list[tuple[str, str]] = []
         if depth == 0 and self.settings.url:
             urls.append(("configured", self.settings.url))
         if self.settings.aia:
-            aia = _aia_urls(cert)
+            aia = aia_urls(cert)
             if not aia:
                 log(INFO, "OCSP: No AIA responder URL")
             urls += [("AIA", url) for url in aia]
@@ -528,12 +559,8 @@ class OCSPChecker:
         except ValueError as exc:
             log(ERR, f"OCSP: cannot use the responder URL: {exc}")
             return Status.UNKNOWN
-        cert, issuer = chain[depth], chain[depth + 1]
-        builder = ocsp.OCSPRequestBuilder().add_certificate(cert, issuer, hashes.SHA1())
         nonce = secrets.token_bytes(16) if self.settings.nonce else None
-        if nonce is not None:
-            builder = builder.add_extension(x509.OCSPNonce(nonce), critical=False)
-        request = builder.build().public_bytes(serialization.Encoding.DER)
+        request = build_request(chain[depth], chain[depth + 1], nonce)
         started = time.monotonic()
         try:
             answer = await post_ocsp_request(url, request, self.settings.timeout)
@@ -548,9 +575,19 @@ class OCSPChecker:
             log(ERR, f'OCSP: the responder "{url.text}" failed: {exc}')
             return Status.UNKNOWN
         log(DEBUG, f"OCSP: Response received in {time.monotonic() - started:.3f} s")
+        return self._judge(answer, chain, depth, nonce, log)
+
+    def _judge(
+        self,
+        answer: bytes,
+        chain: Sequence[x509.Certificate],
+        depth: int,
+        nonce: bytes | None,
+        log: LogFunction,
+    ) -> str:
         ctx = AnswerContext(
-            cert=cert,
-            issuer=issuer,
+            cert=chain[depth],
+            issuer=chain[depth + 1],
             chain=chain,
             trusted=self.trusted,
             flags=self.settings.flags,
