@@ -8,6 +8,7 @@ talk to openssl or stunnel4 carry the ``interop`` marker only where they can run
 
 from __future__ import annotations
 
+import re
 import shutil
 import socket
 import ssl
@@ -189,21 +190,21 @@ REFUSALS = [
         "alice",
         b"not alice's key, but long enough",
         ssl.TLSVersion.TLSv1_2,
-        "decryption failed or bad record mac",
+        "the peer's data failed its integrity check (with PSKsecrets: the keys differ)",
         id="wrong-key-TLSv1.2",
     ),
     pytest.param(
         "alice",
         b"not alice's key, but long enough",
         ssl.TLSVersion.TLSv1_3,
-        "binder does not verify",
+        "the peer's pre-shared key does not match ours (PSKsecrets)",
         id="wrong-key-TLSv1.3",
     ),
     pytest.param(
         "mallory",
         ALICE_KEY,
         ssl.TLSVersion.TLSv1_2,
-        "psk identity not found",
+        "the peer's PSK identity is not in PSKsecrets",
         id="unknown-identity-TLSv1.2",
     ),
     # TLS 1.3: the PSK is ignored, and a certificate handshake needs a certificate.
@@ -211,7 +212,7 @@ REFUSALS = [
         "mallory",
         ALICE_KEY,
         ssl.TLSVersion.TLSv1_3,
-        "no suitable signature algorithm",
+        "the client's PSK identity is not in PSKsecrets",
         id="unknown-identity-TLSv1.3",
     ),
 ]
@@ -235,7 +236,8 @@ def test_a_wrong_key_or_unknown_identity_is_refused_before_the_backend(  # noqa:
         except (ssl.SSLError, ConnectionError):
             received = b""
         assert received == b""
-        server.wait_for_log(f"SSL_accept: TLS error: {reason}")
+        server.wait_for_log(re.escape(reason))
+        assert "SSL_accept: " in server.log()
         server.wait_for_log(
             r"Connection reset: 0 byte\(s\) sent to TLS, 0 byte\(s\) sent to socket"
         )
@@ -263,7 +265,7 @@ def test_PSKidentity_picks_the_identity_a_client_tunnel_sends(
     first = tunnel(section, name="first")  # default: alice, the file's first identity
     assert _plain_echo(first.port("out")) == b""
     first.wait_for_log("SSL_connect: ")
-    server.wait_for_log("SSL_accept: TLS error: ")
+    server.wait_for_log("SSL_accept: ")
     assert echo_server.accepted == 1  # only the connection that used bob's key got through
 
 

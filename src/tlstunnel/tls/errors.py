@@ -76,6 +76,16 @@ _REASONS: dict[str, str] = {
     "SSLV3_ALERT_UNSUPPORTED_CERTIFICATE": (
         "the peer rejected our certificate as unsuitable (key type or key usage)"
     ),
+    # Pre-shared keys (PSKsecrets): OpenSSL's words name the mechanism, not the cause.
+    "BINDER_DOES_NOT_VERIFY": "the peer's pre-shared key does not match ours (PSKsecrets)",
+    "PSK_IDENTITY_NOT_FOUND": "the peer's PSK identity is not in PSKsecrets",
+    "DECRYPTION_FAILED_OR_BAD_RECORD_MAC": (
+        "the peer's data failed its integrity check (with PSKsecrets: the keys differ)"
+    ),
+    "NO_SUITABLE_SIGNATURE_ALGORITHM": (
+        "no signature algorithm in common with the peer (on a PSK server without a "
+        "certificate: the client's PSK identity is not in PSKsecrets)"
+    ),
     "TLSV1_ALERT_ACCESS_DENIED": "the peer denied access",
     "TLSV1_ALERT_INTERNAL_ERROR": "the peer reported an internal error",
     "TLSV1_UNRECOGNIZED_NAME": "the server does not know the name we sent in SNI",
