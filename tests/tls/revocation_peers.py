@@ -236,3 +236,14 @@ def talk(port: int, cert: Path, ca: Path) -> bytes:
             return tls.recv(100)
     except (ssl.SSLError, OSError):
         return b""
+
+
+def plain_talk(port: int) -> bytes:
+    """Through a client-mode tunnel: send a line in plaintext, return the answer
+    (b"" when the tunnel refused the server and closed)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=15) as sock:
+        try:
+            sock.sendall(b"secret\n")
+            return sock.recv(100)
+        except OSError:
+            return b""

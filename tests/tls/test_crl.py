@@ -22,7 +22,7 @@ from tests.support.tunnel import TunnelProcess
 from tlstunnel.config import ConfigError, load_text
 from tlstunnel.tls import TLSSetupError, build_service_tls
 
-from .revocation_peers import RecordingTLSServer, talk
+from .revocation_peers import RecordingTLSServer, plain_talk, talk
 from .revocation_pki import RevocationPKI, make_revocation_pki
 
 
@@ -144,15 +144,6 @@ def client_tunnel(tunnel: TunnelFactory, port: int, trust: str) -> TunnelProcess
         f"[out]\nclient = yes\naccept = 127.0.0.1:0\nconnect = 127.0.0.1:{port}\n"
         f"verifyChain = yes\ncheckHost = localhost\n{trust}"
     )
-
-
-def plain_talk(port: int) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        try:
-            sock.sendall(b"secret\n")
-            return sock.recv(100)
-        except OSError:
-            return b""
 
 
 def test_client_mode_refuses_a_revoked_server(

@@ -38,6 +38,7 @@ from .revocation_peers import (
     RecordingTLSServer,
     ReplayResponder,
     closed_port,
+    plain_talk,
     talk,
 )
 from .revocation_pki import (
@@ -296,15 +297,6 @@ def client_tunnel(tunnel: TunnelFactory, rpki: RevocationPKI, port: int, url: st
         f"[out]\nclient = yes\naccept = 127.0.0.1:0\nconnect = 127.0.0.1:{port}\n"
         f"verifyChain = yes\ncheckHost = localhost\nCAfile = {rpki.ca_bundle}\nOCSP = {url}\n"
     )
-
-
-def plain_talk(port: int) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=15) as sock:
-        try:
-            sock.sendall(b"secret\n")
-            return sock.recv(100)
-        except OSError:
-            return b""
 
 
 def server_context(cert: Path) -> ssl.SSLContext:
